@@ -1,0 +1,77 @@
+"""FitSync as an `Application` of the hub: its channel rules, RPC methods and HTTP routes.
+
+Connect-time effects: a user seen in a valid token but unknown to the database is created, and
+every connection is subscribed by the server to its own `user:<id>` channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.routing import BaseRoute
+
+from channels import api, coach, session, trainer, user
+from channels.base import Context, parse_object
+from hub.config import Settings
+from hub.protocol.codes import ErrorCode, ReplyError
+from hub.rules import Application, ChannelRule, HubAPI, Principal
+from models import queries
+from models.db import Database
+from models.event_writer import EventWriter
+
+RpcMethod = Callable[[Context, Principal, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class FitSyncApplication(Application):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.writer = EventWriter(self.db)
+        self.ctx: Context | None = None
+        self._rules: dict[str, ChannelRule] = {}
+        self._methods: dict[str, RpcMethod] = {**session.RPC, **trainer.RPC}
+        self._known_users: set[str] = set()
+
+    async def start(self, hub: HubAPI) -> None:
+        await self.db.start()
+        self.writer.start()
+        self.ctx = Context(self.db, self.writer, hub)
+        self._rules = {
+            rule.namespace: rule
+            for rule in (session.SessionRule(self.ctx), coach.CoachRule(self.ctx),
+                         user.UserRule(), trainer.TrainerRule(self.ctx))
+        }
+
+    async def close(self) -> None:
+        await self.writer.close()
+        await self.db.close()
+
+    async def ready(self) -> None:
+        await self.db.ping()
+
+    def rule(self, namespace: str) -> ChannelRule | None:
+        return self._rules.get(namespace)
+
+    async def on_connect(self, who: Principal) -> list[str]:
+        if who.user not in self._known_users:
+            role = "athlete" if who.role == "device" else who.role
+            await queries.ensure_user(self.db, who.user, role)
+            self._known_users.add(who.user)
+        return [user.channel_of(who.user)]
+
+    async def rpc(self, who: Principal, method: str, data: bytes) -> bytes:
+        handler = self._methods.get(method)
+        if handler is None:
+            raise ReplyError(ErrorCode.METHOD_NOT_FOUND.with_message(f"no RPC method {method!r}"))
+        params = parse_object(data, "rpc data") if data else {}
+        assert self.ctx is not None
+        return orjson.dumps(await handler(self.ctx, who, params))
+
+    def routes(self) -> list[BaseRoute]:
+        return api.routes(lambda: self._context())
+
+    def _context(self) -> Context:
+        assert self.ctx is not None, "the application has not started"
+        return self.ctx

@@ -1,0 +1,138 @@
+"""`session:<session_id>` — a live workout: sets and heart rate streamed by the owner's devices.
+
+Subscribe: the owner and their devices, trainers linked to the owner, admins.
+Publish: the owner and their devices, while the session is active; each event is validated,
+committed (grouped with other events in one transaction), then broadcast with running stats.
+The publish reply is the device's acknowledgement, so it is sent only after the commit; a
+repeated `event_id` is acknowledged again but neither stored nor broadcast twice (a unique
+constraint enforces it, whichever node the retry lands on).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from channels import events
+from channels.base import DATABASE_UNAVAILABLE, Context, deny, optional_limit, parse_object
+from hub.broker.base import HistoryOptions
+from hub.protocol.codes import ReplyError
+from hub.rules import ChannelOptions, ChannelRule, Principal
+from models import queries
+from models.event_writer import SessionEvent
+
+
+def channel_of(session_id: str) -> str:
+    return f"session:{session_id}"
+
+
+class SessionRule(ChannelRule):
+    namespace = "session"
+    options = ChannelOptions(
+        history=HistoryOptions(size=1000, ttl=3600, meta_ttl=86400),
+        presence=True,
+        join_leave=True,
+    )
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def authorize_subscribe(self, who: Principal, channel_id: str) -> None:
+        if who.is_admin:
+            return
+        owner = await self.ctx.session_owner(channel_id)
+        if owner is None or not await self.ctx.may_watch(who, owner):
+            raise deny()
+
+    async def publish(self, who: Principal, channel_id: str, data: bytes) -> bytes | None:
+        event = parse_object(data, "event")
+        fields = events.validate(event)
+        event_id = events.event_id(event)
+        owner = await self.ctx.session_owner(channel_id)
+        if owner is None:
+            raise deny("unknown session")
+        if who.user != owner or who.role not in ("athlete", "device"):
+            raise deny("only the session's athlete and their devices publish here")
+        server_ts = int(time.time() * 1000)
+        submitted = SessionEvent(
+            session_id=channel_id, user_id=owner, event_id=event_id, kind=event["type"],
+            device=who.device, server_ts=server_ts,
+            fields={k: v for k, v in fields.items() if k != "samples"},
+            samples=fields.get("samples", []),
+        )
+        try:
+            outcome = await self.ctx.writer.submit(submitted)
+        except Exception:
+            raise ReplyError(DATABASE_UNAVAILABLE) from None
+        if outcome.status == "inactive":
+            raise deny("session is not active")
+        if outcome.status == "duplicate":
+            return None
+        event["user"] = owner
+        if who.device:
+            event["device"] = who.device
+        event["server_ts"] = server_ts
+        event["stats"] = outcome.stats
+        return orjson.dumps(event)
+
+
+async def start(ctx: Context, who: Principal, params: dict[str, Any]) -> dict[str, Any]:
+    """`session.start`: athletes and devices start their own session; trainers hear of it."""
+    if who.role not in ("athlete", "device"):
+        raise deny("only athletes and their devices start sessions")
+    title = params.get("title") or ""
+    if not isinstance(title, str) or len(title) > 200:
+        raise events.bad_request("title: must be a string of at most 200 characters")
+    session = await queries.start_session(ctx.db, who.user, title)
+    channel = channel_of(session["session_id"])
+    await ctx.hub.publish(channel, orjson.dumps(
+        {"type": "status", "status": "started", "session_id": session["session_id"]}))
+    await _tell_trainers(ctx, who.user, {
+        "type": "client_session_started", "user_id": who.user,
+        "session_id": session["session_id"], "title": session["title"],
+        "started_at": session["started_at"],
+    })
+    return {"session_id": session["session_id"], "channel": channel}
+
+
+async def end(ctx: Context, who: Principal, params: dict[str, Any]) -> dict[str, Any]:
+    """`session.end`: the owner or their device; publishes the summary to watchers."""
+    session_id = params.get("session_id")
+    if not isinstance(session_id, str) or not session_id:
+        raise events.bad_request("session_id: must be a non-empty string")
+    owner = await ctx.session_owner(session_id)
+    if owner is None or owner != who.user or who.role not in ("athlete", "device"):
+        raise deny("only the session's athlete and their devices end it")
+    ended = await queries.end_session(ctx.db, session_id)
+    if ended is None:
+        raise deny("session is not active")
+    summary = ended["summary"]
+    await ctx.hub.publish(channel_of(session_id), orjson.dumps(
+        {"type": "status", "status": "ended", "session_id": session_id, "summary": summary}))
+    await _tell_trainers(ctx, owner, {
+        "type": "client_session_ended", "user_id": owner, "session_id": session_id,
+        "title": ended["title"], "started_at": ended["started_at"], "summary": summary,
+    })
+    return {"summary": summary}
+
+
+async def recent(ctx: Context, who: Principal, params: dict[str, Any]) -> dict[str, Any]:
+    """`sessions.recent`: an athlete's own, or a linked client's for a trainer."""
+    user_id = params.get("user_id") or who.user
+    if not isinstance(user_id, str):
+        raise events.bad_request("user_id: must be a string")
+    if not await ctx.may_watch(who, user_id):
+        raise deny()
+    limit = optional_limit(params)
+    return {"sessions": await queries.recent_sessions(ctx.db, user_id, limit)}
+
+
+async def _tell_trainers(ctx: Context, athlete: str, payload: dict[str, Any]) -> None:
+    data = orjson.dumps(payload)
+    for trainer in await queries.trainers_of(ctx.db, athlete):
+        await ctx.hub.publish(f"trainer:{trainer}", data)
+
+
+RPC = {"session.start": start, "session.end": end, "sessions.recent": recent}

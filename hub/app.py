@@ -1,0 +1,84 @@
+"""The composition root: settings → broker, application, node → Starlette app and uvicorn.
+
+This is the one place where the hub meets FitSync's channels; everything below it is wired
+through the `Application` and `Broker` interfaces.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from hub import http_api
+from hub.broker.base import Broker
+from hub.broker.memory import MemoryBroker
+from hub.config import Settings
+from hub.connection import WEBSOCKET_PATH, HubWebSocketProtocol
+from hub.node import Node
+from hub.rules import Application
+
+log = logging.getLogger("hub")
+
+
+def make_broker(settings: Settings) -> Broker:
+    if settings.redis_url:
+        raise SystemExit("HUB_REDIS_URL is set but the Redis broker is not available yet")
+    return MemoryBroker()
+
+
+def make_application(settings: Settings) -> Application:
+    from channels.app import FitSyncApplication
+
+    return FitSyncApplication(settings)
+
+
+def create_app(settings: Settings, application: Application | None = None) -> Starlette:
+    app_impl = application or make_application(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        node = Node(settings, make_broker(settings), app_impl)
+        await node.start()
+        try:
+            yield {"node": node}
+        finally:
+            await node.close()
+
+    routes = [Route("/", index), *http_api.routes(app_impl.routes())]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def index(request: Request) -> Response:
+    return HTMLResponse(
+        "<!doctype html><title>FitSync Hub</title><h1>FitSync Hub</h1>"
+        f"<p>WebSocket endpoint: <code>{WEBSOCKET_PATH}</code> (Centrifuge protocol v2).</p>"
+        "<p>Health: <a href=/healthz>/healthz</a> · <a href=/readyz>/readyz</a> · "
+        "<a href=/metrics>/metrics</a></p>"
+    )
+
+
+def uvicorn_config(settings: Settings, app: Starlette, **extra: Any) -> uvicorn.Config:
+    """uvicorn with our WebSocket protocol class instead of its ASGI WebSocket support."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "ws": HubWebSocketProtocol,
+        "http": "httptools",
+        "loop": "uvloop",
+        "lifespan": "on",
+        "log_level": "info",
+        "access_log": False,
+    }
+    return uvicorn.Config(app, **{**options, **extra})
+
+
+def serve(settings: Settings) -> None:
+    uvicorn.Server(uvicorn_config(settings, create_app(settings))).run()

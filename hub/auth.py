@@ -1,0 +1,126 @@
+"""Connection and subscription tokens: JWT verification and minting for development.
+
+HS256 with `HUB_JWT_SECRET`, or RS256/ES256 with a PEM public key. An expired token is told
+apart from a bad one because the SDKs react differently: 109 (token expired) makes them fetch a
+new token and retry, while 3500 (invalid token) ends the connection for good.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from hub.config import Settings
+
+ROLES = ("athlete", "trainer", "device", "admin")
+
+
+class TokenExpired(Exception):
+    pass
+
+
+class InvalidToken(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a connection acts for. A device acts for the athlete in `user`."""
+
+    user: str
+    role: str
+    device: str | None
+    expires_at: int
+    """Unix seconds; 0 means the token never expires."""
+
+
+def verify(token: str, settings: Settings) -> Identity:
+    if not isinstance(token, str) or not token:
+        raise InvalidToken("no token")
+    key, algorithms = _key(settings)
+    options = {"require": ["sub", "exp"], "verify_aud": settings.jwt_audience is not None}
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=algorithms,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            options=options,
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenExpired("token expired") from None
+    except jwt.PyJWTError as exc:
+        raise InvalidToken(str(exc)) from None
+    return _identity(claims)
+
+
+def _key(settings: Settings) -> tuple[str, list[str]]:
+    if settings.jwt_public_key:
+        return settings.jwt_public_key, ["RS256", "ES256"]
+    assert settings.jwt_secret is not None
+    return settings.jwt_secret, ["HS256"]
+
+
+def _identity(claims: dict[str, object]) -> Identity:
+    sub, role, device = claims.get("sub"), claims.get("role", "athlete"), claims.get("device")
+    if not isinstance(sub, str) or not sub:
+        raise InvalidToken("sub must be a non-empty string")
+    if role not in ROLES:
+        raise InvalidToken(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    if role == "device" and (not isinstance(device, str) or not device):
+        raise InvalidToken("a device token needs a `device` claim")
+    exp = claims.get("exp")
+    return Identity(
+        user=sub,
+        role=str(role),
+        device=device if isinstance(device, str) else None,
+        expires_at=int(exp) if isinstance(exp, (int, float)) else 0,
+    )
+
+
+def mint(
+    secret: str,
+    sub: str,
+    role: str = "athlete",
+    *,
+    device: str | None = None,
+    ttl: int = 3600,
+    issuer: str | None = None,
+    audience: str | None = None,
+) -> str:
+    """An HS256 token for development and tests."""
+    claims: dict[str, object] = {"sub": sub, "role": role, "exp": int(time.time()) + ttl}
+    if device:
+        claims["device"] = device
+    if issuer:
+        claims["iss"] = issuer
+    if audience:
+        claims["aud"] = audience
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionGrant:
+    user: str
+    channel: str
+    expires_at: int
+
+
+def verify_subscription(token: str, settings: Settings) -> SubscriptionGrant:
+    """A subscription token: claims `sub`, `channel`, `exp`, signed like connection tokens."""
+    key, algorithms = _key(settings)
+    try:
+        claims = jwt.decode(
+            token, key, algorithms=algorithms, issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            options={"require": ["sub", "exp", "channel"],
+                     "verify_aud": settings.jwt_audience is not None},
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenExpired("subscription token expired") from None
+    except jwt.PyJWTError as exc:
+        raise InvalidToken(str(exc)) from None
+    return SubscriptionGrant(str(claims["sub"]), str(claims["channel"]), int(claims["exp"]))

@@ -1,0 +1,1 @@
+"""Brokers carry publications, history and presence between the nodes of a hub."""

@@ -1,0 +1,451 @@
+"""One connection's protocol state machine: commands in, replies and pushes out.
+
+The socket layer (`hub/connection.py`) hands every inbound frame to `Client.on_frame`; replies
+and pushes leave through the connection's `Writer`. Commands are handled strictly in the order
+they arrived, one at a time, as the SDKs expect (a subscribe reply must precede that channel's
+publications). Pongs are handled at once, outside that queue, so a slow command never makes a
+client look dead.
+
+Nothing here touches a socket or knows what a workout is: channel decisions go to the
+application's `ChannelRule`s through the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+from hub import __version__, auth
+from hub.broker.base import ClientInfo, StreamPosition
+from hub.protocol import messages
+from hub.protocol.codec import Codec, Message
+from hub.protocol.codes import (
+    Disconnect,
+    DisconnectCode,
+    DisconnectError,
+    ErrorCode,
+    ProtocolError,
+    ReplyError,
+    UnsubscribeCode,
+)
+from hub.registry import Subscription
+from hub.rules import Principal
+from hub.writer import OP_BINARY, OP_TEXT, Outbound, Writer
+
+if TYPE_CHECKING:
+    from hub.node import Node
+
+log = logging.getLogger("hub.client")
+
+CONNECTING, CONNECTED, CLOSED = 0, 1, 2
+_MAX_QUEUED_COMMANDS = 1000
+
+
+class Transport(Protocol):
+    """What the client needs from its socket: the outbound queue and a way to close."""
+
+    writer: Writer
+
+    def close(self, disconnect: Disconnect) -> None: ...
+
+
+class Client:
+    __slots__ = ("node", "transport", "codec", "codec_index", "opcode", "id", "state",
+                 "identity", "principal", "subs", "_queue", "_task", "_timer", "_awaiting_pong",
+                 "_tokens", "_tokens_at", "_expiry_timer")
+
+    def __init__(self, node: Node, transport: Transport, codec_index: int, codec: Codec) -> None:
+        self.node = node
+        self.transport = transport
+        self.codec = codec
+        self.codec_index = codec_index
+        self.opcode = OP_BINARY if codec.binary else OP_TEXT
+        self.id = uuid.uuid4().hex
+        self.state = CONNECTING
+        self.identity: auth.Identity | None = None
+        self.principal = Principal(user="", role="")
+        self.subs: dict[str, Subscription] = {}
+        self._queue: deque[Message] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._awaiting_pong = False
+        self._tokens = node.settings.commands_per_second
+        self._tokens_at = time.monotonic()
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = node.loop.call_later(
+            node.settings.connect_timeout, self._stale
+        )
+
+    # -- inbound ---------------------------------------------------------------------------
+
+    def on_frame(self, payload: bytes) -> None:
+        """Decode one frame and queue its commands; a frame that cannot be decoded closes 3501."""
+        if self.state == CLOSED:
+            return
+        try:
+            commands = self.codec.decode(payload)
+        except ProtocolError as exc:
+            log.info("client %s sent a malformed frame: %s", self.id, exc)
+            self.close(DisconnectCode.BAD_REQUEST)
+            return
+        for command in commands:
+            if not command:
+                self._awaiting_pong = False
+                continue
+            if not self._take_token():
+                self._refuse_rate(command)
+                continue
+            self._queue.append(command)
+        if len(self._queue) > _MAX_QUEUED_COMMANDS:
+            self.close(DisconnectCode.TOO_MANY_REQUESTS)
+            return
+        if self._queue and self._task is None:
+            self._task = self.node.loop.create_task(self._drain())
+
+    def _take_token(self) -> bool:
+        """Token bucket: `commands_per_second` sustained, the same number as a burst."""
+        rate = self.node.settings.commands_per_second
+        now = time.monotonic()
+        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def _refuse_rate(self, command: Message) -> None:
+        command_id = command.get("id")
+        method = _method_of(command)
+        self.node.metrics.commands.labels(method or "unknown", "rate_limited").inc()
+        if command_id:
+            self.send(messages.error_reply(command_id, ErrorCode.TOO_MANY_REQUESTS))
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue and self.state != CLOSED:
+                await self._dispatch(self._queue.popleft())
+        finally:
+            self._task = None
+
+    async def _dispatch(self, command: Message) -> None:
+        method = _method_of(command)
+        command_id = command.get("id")
+        if method is None or not isinstance(command.get(method, {}), dict):
+            self.close(DisconnectCode.BAD_REQUEST)
+            return
+        if (not isinstance(command_id, int) or command_id <= 0) and method != "send":
+            self.close(DisconnectCode.BAD_REQUEST)
+            return
+        if self.state == CONNECTING and method != "connect":
+            self.close(DisconnectCode.BAD_REQUEST)
+            return
+        handler = _HANDLERS.get(method)
+        if handler is None:
+            self._answer_error(command_id, method, ErrorCode.METHOD_NOT_FOUND)
+            return
+        try:
+            result = await handler(self, command.get(method) or {})
+        except ReplyError as exc:
+            self._answer_error(command_id, method, exc.error)
+        except DisconnectError as exc:
+            self.node.metrics.commands.labels(method, "disconnect").inc()
+            self.close(exc.disconnect)
+        except Exception:
+            log.exception("command %s from client %s failed", method, self.id)
+            self._answer_error(command_id, method, ErrorCode.INTERNAL)
+        else:
+            self.node.metrics.commands.labels(method, "ok").inc()
+            if result is not None:
+                self.send(messages.reply(command_id, method, result))
+                if method in ("subscribe", "connect"):
+                    self._release_parked()
+
+    def _answer_error(self, command_id: Any, method: str, error: Any) -> None:
+        self.node.metrics.commands.labels(method, f"error_{error.code}").inc()
+        if command_id:
+            self.send(messages.error_reply(command_id, error))
+
+    # -- outbound --------------------------------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        if self.state != CLOSED:
+            self.transport.writer.send(Outbound(self.codec.encode(message), self.opcode))
+
+    def _release_parked(self) -> None:
+        """Right after a subscribe (or connect) reply: send what arrived while it was prepared.
+
+        Publications the reply already carried, or that precede the position it gave, are
+        skipped, so the client sees each publication once and in order.
+        """
+        for sub in self.subs.values():
+            if sub.pending is None:
+                continue
+            parked, sub.pending = sub.pending, None
+            for offset, out in parked:
+                if offset == 0 or offset > sub.floor:
+                    self.transport.writer.send(out)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self, disconnect: Disconnect) -> None:
+        """Close with a code; idempotent. Cleanup of subscriptions happens in `closed`."""
+        if self.state == CLOSED:
+            return
+        if disconnect is not DisconnectCode.SHUTDOWN:
+            self.node.metrics.disconnects.labels(str(disconnect.code)).inc()
+        self.transport.close(disconnect)
+
+    def closed(self) -> None:
+        """The socket is gone: forget every subscription and timer."""
+        if self.state == CLOSED:
+            return
+        was_connected = self.state == CONNECTED
+        self.state = CLOSED
+        for handle in (self._timer, self._expiry_timer):
+            if handle is not None:
+                handle.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        if was_connected:
+            self.node.forget_client(self)
+
+    def _stale(self) -> None:
+        if self.state == CONNECTING:
+            self.close(DisconnectCode.STALE)
+
+    def _schedule_ping(self, first: bool = False) -> None:
+        interval = self.node.settings.ping_interval
+        delay = random.uniform(interval / 2, interval) if first else interval
+        self._timer = self.node.loop.call_later(delay, self._ping)
+
+    def _ping(self) -> None:
+        if self.state != CONNECTED:
+            return
+        self.transport.writer.send(self.node.ping_outbound(self.codec_index))
+        self._awaiting_pong = True
+        self._timer = self.node.loop.call_later(self.node.settings.pong_timeout, self._check_pong)
+
+    def _check_pong(self) -> None:
+        if self._awaiting_pong:
+            self.close(DisconnectCode.NO_PONG)
+            return
+        interval, timeout = self.node.settings.ping_interval, self.node.settings.pong_timeout
+        self._timer = self.node.loop.call_later(max(interval - timeout, 0.1), self._ping)
+
+    def _arm_expiry(self) -> int:
+        """Seconds until the token expires (0: never); closes 3005 if no refresh by then+grace."""
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        assert self.identity is not None
+        if not self.identity.expires_at:
+            return 0
+        ttl = max(int(self.identity.expires_at - time.time()), 1)
+        self._expiry_timer = self.node.loop.call_later(
+            ttl + self.node.settings.expired_close_delay, self.close, DisconnectCode.EXPIRED
+        )
+        return ttl
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def _connect(self, body: Message) -> Message:
+        if self.state != CONNECTING:
+            raise DisconnectError(DisconnectCode.BAD_REQUEST)
+        try:
+            identity = auth.verify(body.get("token", ""), self.node.settings)
+        except auth.TokenExpired:
+            raise ReplyError(ErrorCode.TOKEN_EXPIRED) from None
+        except auth.InvalidToken as exc:
+            log.info("client %s refused: %s", self.id, exc)
+            raise DisconnectError(DisconnectCode.INVALID_TOKEN) from None
+        self.identity = identity
+        self.principal = Principal(identity.user, identity.role, identity.device, self.id)
+        server_channels = await self.node.application.on_connect(self.principal)
+        if self.state == CLOSED:
+            return {}
+        self.state = CONNECTED
+        if self._timer is not None:
+            self._timer.cancel()
+        self.node.register_client(self)
+        self._schedule_ping(first=True)
+        result: Message = {"client": self.id, "version": __version__,
+                           "ping": int(self.node.settings.ping_interval), "pong": True}
+        ttl = self._arm_expiry()
+        if ttl:
+            result["expires"] = True
+            result["ttl"] = ttl
+        wanted = body.get("subs") or {}
+        subs: Message = {}
+        for channel in server_channels:
+            request = wanted.get(channel) or {}
+            rule, _ = self.node.rule_for(channel)
+            _, subs[channel] = await self.node.subscribe(self, channel, request, rule=rule)
+        if subs:
+            result["subs"] = subs
+        return result
+
+    async def _subscribe(self, body: Message) -> Message:
+        channel = self._channel(body)
+        if body.get("type"):
+            raise ReplyError(ErrorCode.NOT_AVAILABLE.with_message("map subscriptions are not supported"))
+        if channel in self.subs:
+            raise ReplyError(ErrorCode.ALREADY_SUBSCRIBED)
+        limit = self.node.settings.max_subscriptions
+        if len(self.subs) >= limit:
+            raise ReplyError(ErrorCode.LIMIT_EXCEEDED.with_message(
+                f"at most {limit} subscriptions per connection (HUB_MAX_SUBSCRIPTIONS)"))
+        rule, channel_id = self.node.rule_for(channel)
+        ttl = self._check_sub_token(channel, body.get("token"))
+        await rule.authorize_subscribe(self.principal, channel_id)
+        _, result = await self.node.subscribe(self, channel, body, rule=rule, ttl=ttl)
+        return result
+
+    def _check_sub_token(self, channel: str, token: Any) -> int:
+        """An optional subscription token must name this user and channel; returns its ttl."""
+        if not token:
+            return 0
+        try:
+            claims = auth.verify_subscription(token, self.node.settings)
+        except auth.TokenExpired:
+            raise ReplyError(ErrorCode.TOKEN_EXPIRED) from None
+        except auth.InvalidToken:
+            raise ReplyError(ErrorCode.PERMISSION_DENIED.with_message("invalid subscription token"))
+        if claims.user != self.principal.user or claims.channel != channel:
+            raise ReplyError(ErrorCode.PERMISSION_DENIED.with_message(
+                "subscription token is for another user or channel"))
+        return max(int(claims.expires_at - time.time()), 1) if claims.expires_at else 0
+
+    async def _sub_refresh(self, body: Message) -> Message:
+        channel = self._channel(body)
+        if body.get("type"):
+            raise ReplyError(ErrorCode.NOT_AVAILABLE)
+        sub = self.subs.get(channel)
+        if sub is None:
+            raise ReplyError(ErrorCode.PERMISSION_DENIED.with_message("not subscribed"))
+        ttl = self._check_sub_token(channel, body.get("token"))
+        if not ttl:
+            raise ReplyError(ErrorCode.BAD_REQUEST.with_message("token is required"))
+        self.node.arm_sub_expiry(sub, ttl)
+        return {"expires": True, "ttl": ttl}
+
+    async def _unsubscribe(self, body: Message) -> Message:
+        channel = self._channel(body)
+        sub = self.subs.get(channel)
+        if sub is not None:
+            await self.node.unsubscribe(self, sub)
+        return {}
+
+    async def _publish(self, body: Message) -> Message:
+        channel = self._channel(body)
+        if "data" not in body:
+            raise ReplyError(ErrorCode.BAD_REQUEST.with_message("publish needs `data`"))
+        rule, channel_id = self.node.rule_for(channel)
+        payload = await rule.publish(self.principal, channel_id, body["data"])
+        if payload is not None:
+            await self.node.publish(channel, payload, info=self.info())
+        return {}
+
+    async def _presence(self, body: Message) -> Message:
+        channel = await self._readable(body, "presence")
+        presence = await self.node.broker.presence(channel)
+        return {"presence": {cid: messages.client_info(i) for cid, i in presence.items()}}
+
+    async def _presence_stats(self, body: Message) -> Message:
+        channel = await self._readable(body, "presence")
+        clients, users = await self.node.broker.presence_stats(channel)
+        return {"num_clients": clients, "num_users": users}
+
+    async def _history(self, body: Message) -> Message:
+        channel = await self._readable(body, "history")
+        since = body.get("since")
+        position = None
+        if since:
+            position = StreamPosition(int(since.get("offset", 0)), str(since.get("epoch", "")))
+        return await self.node.history(channel, position, int(body.get("limit", 0)),
+                                       bool(body.get("reverse", False)))
+
+    async def _readable(self, body: Message, feature: str) -> str:
+        """Presence and history need the channel to offer them and the right to subscribe."""
+        channel = self._channel(body)
+        rule, channel_id = self.node.rule_for(channel)
+        offered = rule.options.presence if feature == "presence" else rule.options.history
+        if not offered:
+            raise ReplyError(ErrorCode.NOT_AVAILABLE.with_message(
+                f"{feature} is not kept for {rule.namespace}: channels"))
+        if channel not in self.subs:
+            await rule.authorize_subscribe(self.principal, channel_id)
+        return channel
+
+    async def _rpc(self, body: Message) -> Message:
+        method = body.get("method")
+        if not isinstance(method, str) or not method:
+            raise ReplyError(ErrorCode.METHOD_NOT_FOUND)
+        data = body.get("data") or b"{}"
+        result = await self.node.application.rpc(self.principal, method, data)
+        return {"data": result}
+
+    async def _refresh(self, body: Message) -> Message:
+        try:
+            identity = auth.verify(body.get("token", ""), self.node.settings)
+        except auth.TokenExpired:
+            raise DisconnectError(DisconnectCode.EXPIRED) from None
+        except auth.InvalidToken:
+            raise DisconnectError(DisconnectCode.INVALID_TOKEN) from None
+        assert self.identity is not None
+        if identity.user != self.identity.user:
+            raise DisconnectError(DisconnectCode.INVALID_TOKEN)
+        self.identity = identity
+        ttl = self._arm_expiry()
+        return {"expires": True, "ttl": ttl} if ttl else {}
+
+    async def _send(self, body: Message) -> None:
+        """Asynchronous messages have no use in FitSync: accepted, counted and ignored."""
+        return None
+
+    async def _ping_command(self, body: Message) -> Message:
+        raise ReplyError(ErrorCode.NOT_AVAILABLE)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _channel(self, body: Message) -> str:
+        channel = body.get("channel")
+        if not isinstance(channel, str) or not channel:
+            raise DisconnectError(DisconnectCode.BAD_REQUEST)
+        limit = self.node.settings.max_channel_length
+        if len(channel) > limit:
+            raise ReplyError(ErrorCode.BAD_REQUEST.with_message(
+                f"channel name longer than {limit} characters (HUB_MAX_CHANNEL_LENGTH)"))
+        return channel
+
+    def info(self) -> ClientInfo:
+        return ClientInfo(user=self.principal.user, client=self.id)
+
+    def unsubscribed_by_server(self, sub: Subscription) -> None:
+        self.send(messages.unsubscribe_push(sub.channel, UnsubscribeCode.SERVER))
+
+
+def _method_of(command: Message) -> str | None:
+    for key in command:
+        if key != "id":
+            return key
+    return None
+
+
+_HANDLERS: dict[str, Any] = {
+    "connect": Client._connect,
+    "subscribe": Client._subscribe,
+    "unsubscribe": Client._unsubscribe,
+    "publish": Client._publish,
+    "presence": Client._presence,
+    "presence_stats": Client._presence_stats,
+    "history": Client._history,
+    "rpc": Client._rpc,
+    "refresh": Client._refresh,
+    "sub_refresh": Client._sub_refresh,
+    "send": Client._send,
+    "ping": Client._ping_command,
+}

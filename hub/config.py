@@ -1,0 +1,81 @@
+"""Every setting of a node in one typed object, read from `HUB_*` environment variables.
+
+Limits are named settings with defaults here and nowhere else, so the README's table of
+settings and the code cannot drift apart (tests/test_config.py checks the README lists each).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    redis_url: str | None = None
+    """Unset: the in-process broker, one node."""
+    database_url: str | None = None
+    """Unset: a SQLite file `fitsync.db` in the working directory."""
+    jwt_secret: str | None = None
+    """HS256 secret. Unset (and no public key): development mode with a generated secret."""
+    jwt_public_key: str | None = None
+    """PEM public key for RS256/ES256 tokens."""
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    api_key: str | None = None
+    """Unset: the HTTP API answers 401 to everything."""
+
+    ping_interval: float = 25.0
+    pong_timeout: float = 10.0
+    connect_timeout: float = 15.0
+    """A socket that has not sent `connect` by then is closed as stale (3502)."""
+    expired_close_delay: float = 25.0
+    """Grace after a connection token's `exp` for the client's refresh to arrive."""
+
+    max_frame_bytes: int = 65536
+    max_subscriptions: int = 128
+    max_channel_length: int = 255
+    commands_per_second: float = 100.0
+    """Sustained command rate per connection; bursts up to the same number are allowed."""
+    write_buffer_bytes: int = 1 << 20
+    """Outbound bytes a connection may have waiting before it is cut as slow (3008)."""
+    presence_ttl: float = 60.0
+
+    coach_model: str = "gpt-4o-mini"
+    dev_mode: bool = field(default=False)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from `HUB_<NAME>` variables (and `PORT`), then explicit overrides."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"HUB_{f.name.upper()}")
+            if raw is None or raw == "" or f.name == "dev_mode":
+                continue
+            values[f.name] = _parse(f.type, raw, f.name)
+        if "port" not in values and env.get("PORT"):
+            values["port"] = _parse("int", env["PORT"], "port")
+        if env.get("HUB_COACH_MODEL"):
+            values["coach_model"] = env["HUB_COACH_MODEL"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        if settings.jwt_secret is None and settings.jwt_public_key is None:
+            settings = replace(settings, jwt_secret=secrets.token_urlsafe(32), dev_mode=True)
+        return settings
+
+
+def _parse(kind: Any, raw: str, name: str) -> Any:
+    kind = str(kind)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"HUB_{name.upper()} must be a number, got {raw!r}") from None
+    return raw

@@ -1,0 +1,190 @@
+"""The socket edge: a WebSocket protocol plugged into uvicorn in place of its ASGI one.
+
+uvicorn parses HTTP and, on an upgrade request, hands the raw transport to this class. HTTP
+routes (the API, health, metrics, dashboard) stay ordinary Starlette; WebSockets skip ASGI
+entirely. That is what makes the fan-out cheap: without per-message ASGI events, awaits or
+tasks, a publication reaches a socket as one `transport.write` of bytes shared by every
+subscriber (see hub/writer.py), and an idle connection costs a few small objects and no task.
+
+websockets' sans-I/O `ServerProtocol` does the handshake, frame parsing (with the frame size
+limit, answered by close 1009), control frames and the closing handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+
+from hub.client import Client
+from hub.node import Node
+from hub.protocol.codecs import CODECS, SUBPROTOCOLS, codec_index
+from hub.protocol.codes import Disconnect, DisconnectCode
+from hub.writer import Writer
+
+log = logging.getLogger("hub.connection")
+
+WEBSOCKET_PATH = "/connection/websocket"
+_CLOSE_TIMEOUT = 2.0
+
+
+class HubWebSocketProtocol(asyncio.Protocol):
+    """uvicorn's `ws` protocol class: constructed per upgraded connection."""
+
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.node: Node = app_state["node"]
+        self.connections = server_state.connections
+        self.ws = ServerProtocol(
+            subprotocols=SUBPROTOCOLS,
+            select_subprotocol=_select_subprotocol,
+            max_size=self.node.settings.max_frame_bytes,
+        )
+        self.transport: asyncio.Transport | None = None
+        self.writer: Writer | None = None
+        self.client: Client | None = None
+        self._fragments: list[bytes] = []
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, Request):
+                self._handshake(event)
+            elif isinstance(event, Frame):
+                self._frame(event)
+        self._write_protocol_output()
+        if self.ws.close_expected() and self._close_timer is None:
+            self._close_timer = self.node.loop.call_later(_CLOSE_TIMEOUT, self._abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        if self.writer is not None:
+            self.writer.closed = True
+        if self.client is not None:
+            self.client.closed()
+
+    def pause_writing(self) -> None:
+        if self.writer is not None:
+            self.writer.pause()
+
+    def resume_writing(self) -> None:
+        if self.writer is not None:
+            self.writer.resume()
+
+    def shutdown(self) -> None:
+        """uvicorn calls this on server shutdown: clients are told to reconnect elsewhere."""
+        if self.client is not None:
+            self.client.close(DisconnectCode.SHUTDOWN)
+        elif self.transport is not None:
+            self.transport.close()
+
+    # -- handshake and frames ------------------------------------------------------------
+
+    def _handshake(self, request: Request) -> None:
+        url = urlsplit(request.path)
+        if url.path != WEBSOCKET_PATH:
+            self._reject(404, f"WebSocket endpoint is {WEBSOCKET_PATH}\n")
+            return
+        response = self.ws.accept(request)
+        fmt = parse_qs(url.query).get("format") or parse_qs(url.query).get("cf_protocol")
+        index = codec_index(response.headers.get("Sec-WebSocket-Protocol"), fmt[0] if fmt else None)
+        if response.status_code != 101 or index is None:
+            if index is None:
+                response = self.ws.reject(400, "unknown format; use json, protobuf or msgpack\n")
+            self.ws.send_response(response)
+            self._write_protocol_output()
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self.ws.send_response(response)
+        self._write_protocol_output()
+        assert self.transport is not None
+        codec = CODECS[index]
+        self.writer = Writer(self.transport, self.node.flusher, codec.join,
+                             self.node.settings.write_buffer_bytes, self._on_slow)
+        self.client = Client(self.node, self, index, codec)
+
+    def _reject(self, status: int, text: str) -> None:
+        self.ws.send_response(self.ws.reject(status, text))
+        self._write_protocol_output()
+        assert self.transport is not None
+        self.transport.close()
+
+    def _frame(self, frame: Frame) -> None:
+        if frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+            if not frame.fin:
+                self._fragments.append(frame.data)
+                return
+            payload = frame.data
+            if self._fragments:
+                self._fragments.append(payload)
+                payload = b"".join(self._fragments)
+                self._fragments.clear()
+            if self.client is not None:
+                self.client.on_frame(payload)
+        elif frame.opcode is Opcode.CLOSE and self.client is not None:
+            self.client.closed()
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self, disconnect: Disconnect) -> None:
+        """Flush what is queued, send the close frame, and wait briefly for the client's."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.ws.send_close(disconnect.code, disconnect.reason)
+        data = b"".join(self.ws.data_to_send())
+        if self.writer is not None:
+            self.writer.write_now(data)
+            self.writer.closed = True
+        else:
+            self.transport.write(data)
+        if self.client is not None:
+            self.client.closed()
+        self._close_timer = self.node.loop.call_later(_CLOSE_TIMEOUT, self._abort)
+
+    def _on_slow(self) -> None:
+        """The writer's queue overflowed; close outside the fan-out loop that noticed it."""
+        self.node.metrics.dropped.inc()
+        log.warning("client %s is too slow to keep up; disconnecting",
+                    self.client.id if self.client else "?")
+        self.node.loop.call_soon(self._close_slow)
+
+    def _close_slow(self) -> None:
+        if self.client is not None:
+            self.client.close(DisconnectCode.SLOW)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _write_protocol_output(self) -> None:
+        """Send what websockets produced: handshake response, pongs, close frames."""
+        assert self.transport is not None
+        for data in self.ws.data_to_send():
+            if data:
+                self.transport.write(data)
+            elif not self.transport.is_closing():
+                self.transport.close()
+
+
+def _select_subprotocol(protocol: ServerProtocol, offered: Any) -> Any:
+    """JSON when the client offers nothing (the SDKs send no subprotocol for JSON)."""
+    for name in offered:
+        if name in SUBPROTOCOLS:
+            return name
+    return None

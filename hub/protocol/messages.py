@@ -1,0 +1,60 @@
+"""Builders for the reply and push shapes the SDKs read, in the hub's internal dict form.
+
+Zero values are left out as the reference server does; keys the SDKs dereference (`client`,
+`ttl` beside `expires`, `code` and `reason` in pushes, `info` in join/leave) are always present.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hub.broker.base import ClientInfo, Publication
+from hub.protocol.codes import Error, Unsubscribe
+
+Message = dict[str, Any]
+
+
+def client_info(info: ClientInfo) -> Message:
+    out: Message = {"user": info.user, "client": info.client}
+    if info.conn_info:
+        out["conn_info"] = info.conn_info
+    if info.chan_info:
+        out["chan_info"] = info.chan_info
+    return out
+
+
+def publication(pub: Publication) -> Message:
+    out: Message = {"data": pub.data}
+    if pub.offset:
+        out["offset"] = pub.offset
+    if pub.time:
+        out["time"] = pub.time
+    if pub.info is not None:
+        out["info"] = client_info(pub.info)
+    if pub.tags:
+        out["tags"] = pub.tags
+    return out
+
+
+def reply(command_id: int, method: str, result: Message) -> Message:
+    return {"id": command_id, method: result}
+
+
+def error_reply(command_id: int, error: Error) -> Message:
+    return {"id": command_id, "error": error.as_dict()}
+
+
+def pub_push(channel: str, pub: Publication) -> Message:
+    return {"push": {"channel": channel, "pub": publication(pub)}}
+
+
+def join_push(channel: str, info: ClientInfo) -> Message:
+    return {"push": {"channel": channel, "join": {"info": client_info(info)}}}
+
+
+def leave_push(channel: str, info: ClientInfo) -> Message:
+    return {"push": {"channel": channel, "leave": {"info": client_info(info)}}}
+
+
+def unsubscribe_push(channel: str, why: Unsubscribe) -> Message:
+    return {"push": {"channel": channel, "unsubscribe": {"code": why.code, "reason": why.reason}}}

@@ -1,0 +1,196 @@
+"""Database access: engine setup, migrations on start, and the three ways to run SQL.
+
+* `read()` — a connection for reads. On SQLite its transaction is deferred, so readers never
+  wait for the writer (WAL).
+* `write()` — a connection inside one transaction, committed on exit and rolled back on error.
+  On SQLite the transaction starts with `BEGIN IMMEDIATE` under an in-process FIFO lock: a
+  read-then-write transaction can never fail half way with "database is locked" because another
+  writer committed in between, and writers of this process take turns fairly instead of
+  polling the file lock.
+* `session()` — an ORM `AsyncSession`; on SQLite its transactions also begin `IMMEDIATE` so
+  read-modify-write code is safe, at the price of holding the file's write lock while open.
+
+The schema is owned by the Alembic migrations in `models/migrations`; `start()` upgrades to head
+inside one transaction (under an advisory lock on PostgreSQL, so nodes starting together
+migrate once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Table, event, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+"""How long a SQLite connection waits for another process's write lock before failing."""
+
+POSTGRES_POOL_SIZE = 10
+POSTGRES_CONNECT_TIMEOUT_S = 5.0
+"""Bounds `ping()` and every checkout when the server is unreachable (asyncpg waits 60 s)."""
+
+_MIGRATION_LOCK_KEY = 0x46495453594E43
+"""pg_advisory_xact_lock key ("FITSYNC") serialising migrations of concurrently starting nodes."""
+
+_BEGIN_OPTION = "fitsync_sqlite_begin"
+
+
+def normalize_url(url: str | None, sqlite_path: str = "fitsync.db") -> str:
+    """An async SQLAlchemy URL for `url`: aiosqlite for SQLite, asyncpg for PostgreSQL.
+
+    None or "" means the SQLite file `sqlite_path`. `postgres://` (as platforms hand it out) and
+    `postgresql://` become `postgresql+asyncpg://`, translating libpq's `sslmode` into the
+    `ssl` argument asyncpg understands. URLs that already name an async driver pass unchanged.
+    """
+    if not url:
+        return f"sqlite+aiosqlite:///{sqlite_path}"
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"not a database URL: {url!r}")
+    scheme = scheme.lower()
+    if scheme in ("postgres", "postgresql"):
+        return "postgresql+asyncpg://" + rest.replace("sslmode=", "ssl=")
+    if scheme == "sqlite":
+        return "sqlite+aiosqlite://" + rest
+    if scheme in ("postgresql+asyncpg", "sqlite+aiosqlite"):
+        return url
+    raise ValueError(f"unsupported database URL {scheme}://…; use sqlite:// or postgresql://")
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic configuration built in code, so migrations run from an installed package.
+
+    `connection` is handed to `migrations/env.py`, which runs on it rather than opening its own.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade_to_head(connection: Connection) -> None:
+    command.upgrade(alembic_config(connection), "head")
+
+
+class Database:
+    """One engine and its pool for the life of a node."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = normalize_url(url)
+        self.dialect: Literal["sqlite", "postgresql"] = (
+            "postgresql" if self.url.startswith("postgresql") else "sqlite"
+        )
+        self._engine: AsyncEngine | None = None
+        self._write_engine: AsyncEngine | None = None
+        self._write_lock: asyncio.Lock | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("Database.start() has not been called")
+        return self._engine
+
+    async def start(self) -> None:
+        """Create the engine and migrate the schema to head; on failure nothing stays open."""
+        if self.dialect == "postgresql":
+            engine = create_async_engine(
+                self.url,
+                pool_size=POSTGRES_POOL_SIZE,
+                max_overflow=POSTGRES_POOL_SIZE,
+                pool_pre_ping=True,
+                connect_args={
+                    "timeout": POSTGRES_CONNECT_TIMEOUT_S,
+                    "server_settings": {"application_name": "fitsync-hub"},
+                },
+            )
+            self._write_engine = engine
+            self._write_lock = None
+        else:
+            engine = create_async_engine(self.url)
+            _configure_sqlite(engine)
+            self._write_engine = engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+            self._write_lock = asyncio.Lock()
+        self._engine = engine
+        try:
+            async with self.write() as conn:
+                if self.dialect == "postgresql":
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                    )
+                await conn.run_sync(_upgrade_to_head)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close every pooled connection. Idempotent."""
+        engine, self._engine, self._write_engine = self._engine, None, None
+        if engine is not None:
+            await engine.dispose()
+
+    async def ping(self) -> None:
+        """Run `SELECT 1`; raises when the database cannot be reached."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads; its transaction is rolled back on exit."""
+        async with self.engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in one transaction: everything in the block commits, or nothing does."""
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock:
+            assert self._write_engine is not None
+            async with self._write_engine.begin() as conn:
+                yield conn
+
+    def insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        """An INSERT for this backend, so callers can add `ON CONFLICT` clauses portably."""
+        if self.dialect == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    def session(self) -> AsyncSession:
+        """An ORM session (use as `async with db.session() as s:`); objects stay usable after
+        commit. Prefer `models.queries`, which returns plain values."""
+        if self._write_engine is None:
+            raise RuntimeError("Database.start() has not been called")
+        return AsyncSession(self._write_engine, expire_on_commit=False)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL, a busy timeout and foreign keys on every connection; SQLAlchemy emits BEGIN.
+
+    The driver's own transaction handling is switched off (it would not BEGIN before SELECT or
+    DDL, breaking repeatable reads and transactional migrations) and the `begin` hook emits the
+    BEGIN flavour the connection's options ask for.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get(_BEGIN_OPTION, "BEGIN"))
