@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.frames import Frame, Opcode
@@ -28,6 +28,8 @@ from hub.protocol.codes import Disconnect, DisconnectCode
 from hub.writer import Writer
 
 log = logging.getLogger("hub.connection")
+_ws_log = logging.getLogger("hub.connection.websocket")
+_ws_log.setLevel(logging.WARNING)  # websockets logs every open and close at INFO
 
 WEBSOCKET_PATH = "/connection/websocket"
 _CLOSE_TIMEOUT = 2.0
@@ -44,6 +46,7 @@ class HubWebSocketProtocol(asyncio.Protocol):
             subprotocols=SUBPROTOCOLS,
             select_subprotocol=_select_subprotocol,
             max_size=self.node.settings.max_frame_bytes,
+            logger=_ws_log,
         )
         self.transport: asyncio.Transport | None = None
         self.writer: Writer | None = None
@@ -54,8 +57,7 @@ class HubWebSocketProtocol(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
