@@ -39,15 +39,16 @@ from typing import Any
 
 import uvloop
 import websockets
-from loadgen import worker_main
+from loadgen import PHASES, worker_main
 from procstat import CpuWindow, process_tree, rss_kib
 from publisher import BaselinePublisher, HubPublisher, Publisher, PublishLog, publish_phase
 from servers import ServerProcess, start_baseline, start_hub, wait_healthy
 
 CHANNEL = "session:bench"
 SERVER_CORE, LOAD_CORE = 0, 1
-FIXED, MAX = 0, 1
+FIXED = PHASES.index("fixed")
 SATURATED_PERCENT = 90.0
+IDLE_PERCENT = 5.0
 BACKLOG_SECONDS = 0.5
 QUIET_PERCENT = 10.0
 
@@ -257,8 +258,28 @@ def summarize(
         "latency_ms": latency_summary([s["latencies_us"] for s in stats]),
         "cpu_percent": publish_cpu,
         "drain_cpu_percent": drain_cpu,
+        "foreign_cpu_percent": foreign_cpu(publish_cpu),
         "bottleneck": bottleneck(publish_cpu, drain_cpu, backlog),
     }
+
+
+def foreign_cpu(cpu: dict[str, float]) -> dict[str, float]:
+    """Busy time on each core that neither the benchmark's processes nor interrupts explain.
+
+    Other programs on the machine land here; a few percent is normal (kernel threads),
+    more means that phase's numbers are skewed.
+    """
+    ours = {
+        SERVER_CORE: cpu["cpu_server"],
+        LOAD_CORE: cpu["cpu_subscribers"] + cpu["cpu_publisher"],
+    }
+    foreign = {
+        f"core{core}": round(max(0.0, cpu[f"core{core}"] - cpu[f"core{core}_irq"] - used), 1)
+        for core, used in ours.items()
+    }
+    if max(foreign.values()) > QUIET_PERCENT:
+        print(f"warning: other programs used the cores during this phase: {foreign}", flush=True)
+    return foreign
 
 
 def _merge_counts(counts: list[dict[Any, int]]) -> dict[str, int]:
@@ -287,10 +308,11 @@ def latency_summary(chunks: list[bytes]) -> dict[str, float]:
 def bottleneck(publish_cpu: dict[str, float], drain_cpu: dict[str, float], backlog: float) -> str:
     """Name the side that limited deliveries.
 
-    Both cores often read ~100 % while publishing: an event loop with spare capacity just
-    reads smaller batches more often. The backlog decides: if deliveries kept arriving long
-    after the last publish, the core still busy during that drain is the limit; if not, the
-    load side kept pace and a saturated server core is the limit.
+    The load core often reads ~100 % busy even when it keeps up: an event loop with spare
+    capacity just reads smaller batches more often. So: if deliveries kept arriving well after
+    the last publish, the core still busy during that drain is the limit. Otherwise a server
+    core with no idle time is; a server core with idle time next to a saturated load core
+    means the publisher or subscribers could not feed or drain it faster.
     """
     server, load = f"core{SERVER_CORE}", f"core{LOAD_CORE}"
     if backlog > BACKLOG_SECONDS:
@@ -298,26 +320,34 @@ def bottleneck(publish_cpu: dict[str, float], drain_cpu: dict[str, float], backl
             return "server (still fanning out after publishing)"
         if drain_cpu.get(load, 0.0) >= SATURATED_PERCENT:
             return "load generator (deliveries queued for it)"
-    if publish_cpu.get(server, 0.0) >= SATURATED_PERCENT:
-        return "server (load kept pace)"
+    server_idle = 100.0 - publish_cpu.get(server, 0.0)
+    if server_idle <= IDLE_PERCENT:
+        return "server"
     if publish_cpu.get(load, 0.0) >= SATURATED_PERCENT:
-        return "load generator"
+        return f"load generator (server core {server_idle:.0f} % idle)"
     return "neither core saturated"
 
 
-async def background_busy() -> dict[str, float]:
-    """Core use for one second before a server starts: anything else running skews results."""
-    window = CpuWindow({})
-    window.start()
-    await asyncio.sleep(1.0)
-    busy = window.stop()
-    if max(busy.values(), default=0.0) > QUIET_PERCENT:
-        print(f"warning: cores already busy before the run: {busy}", flush=True)
-    return busy
+async def wait_quiet(max_wait: float) -> dict[str, float]:
+    """Wait up to `max_wait` s for both cores to be idle; return the last 1 s sample.
+
+    Other work on the machine would be charged to whichever server happens to be running.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        window = CpuWindow({})
+        window.start()
+        await asyncio.sleep(1.0)
+        busy = window.stop()
+        if max(busy.values(), default=0.0) <= QUIET_PERCENT:
+            return busy
+        if time.monotonic() >= deadline:
+            print(f"warning: cores busy before the run: {busy}", flush=True)
+            return busy
 
 
 async def bench_target(target: str, args: argparse.Namespace) -> dict[str, Any]:
-    background = await background_busy()
+    background = await wait_quiet(args.quiet_wait_seconds)
     print(f"[{target}] starting server", flush=True)
     with running_server(target) as server:
         pool = WorkerPool(args.workers)
@@ -330,7 +360,7 @@ async def bench_target(target: str, args: argparse.Namespace) -> dict[str, Any]:
                     flush=True,
                 )
                 result: dict[str, Any] = {"background_busy_percent": background, "memory": memory}
-                for phase, name in ((FIXED, "fixed"), (MAX, "max")):
+                for phase, name in enumerate(PHASES):
                     print(f"[{target}] {name} phase", flush=True)
                     result[name] = await run_phase(phase, publisher, pool, server, args)
                 result["final_rss_kib"] = rss_kib(server.pid)
@@ -340,8 +370,8 @@ async def bench_target(target: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 ROWS: list[tuple[str, tuple[str, ...]]] = [
-    ("background core0 % (before)", ("background_busy_percent", "core0")),
-    ("background core1 % (before)", ("background_busy_percent", "core1")),
+    ("background server core % (before)", ("background_busy_percent", f"core{SERVER_CORE}")),
+    ("background load core % (before)", ("background_busy_percent", f"core{LOAD_CORE}")),
     ("idle KiB/connection", ("memory", "kib_per_connection")),
     ("fixed deliveries/s", ("fixed", "deliveries_per_s")),
     ("fixed latency p50 ms", ("fixed", "latency_ms", "p50")),
@@ -350,6 +380,8 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("fixed lost", ("fixed", "lost")),
     ("fixed server core %", ("fixed", "cpu_percent", f"core{SERVER_CORE}")),
     ("fixed load core %", ("fixed", "cpu_percent", f"core{LOAD_CORE}")),
+    ("fixed other programs, server core %", ("fixed", "foreign_cpu_percent", f"core{SERVER_CORE}")),
+    ("fixed other programs, load core %", ("fixed", "foreign_cpu_percent", f"core{LOAD_CORE}")),
     ("max publishes/s", ("max", "publishes_per_s")),
     ("max deliveries/s", ("max", "deliveries_per_s")),
     ("max latency p50 ms", ("max", "latency_ms", "p50")),
@@ -361,9 +393,15 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("max server core %", ("max", "cpu_percent", f"core{SERVER_CORE}")),
     ("max load core %", ("max", "cpu_percent", f"core{LOAD_CORE}")),
     ("max subscribers cpu %", ("max", "cpu_percent", "cpu_subscribers")),
+    ("max server process cpu %", ("max", "cpu_percent", "cpu_server")),
     ("max publisher cpu %", ("max", "cpu_percent", "cpu_publisher")),
+    ("max other programs, server core %", ("max", "foreign_cpu_percent", f"core{SERVER_CORE}")),
+    ("max other programs, load core %", ("max", "foreign_cpu_percent", f"core{LOAD_CORE}")),
     ("max bottleneck", ("max", "bottleneck")),
 ]
+
+
+CAPACITY_ROWS = ("max publishes/s", "max deliveries/s")
 
 
 def lookup(result: dict[str, Any] | None, path: tuple[str, ...]) -> Any:
@@ -390,15 +428,28 @@ def render_table(results: dict[str, dict[str, Any]], ratio: dict[str, float]) ->
     header = ["metric", *targets] + (["hub/baseline"] if len(targets) == 2 else [])
     lines = [header]
     for label, path in ROWS:
-        row = [label, *(_cell(lookup(results[t], path)) for t in targets)]
+        marks = {t: _bound_mark(results[t], label) for t in targets}
+        row = [label, *(marks[t] + _cell(lookup(results[t], path)) for t in targets)]
         if len(targets) == 2:
-            row.append(_cell(ratio.get(label)))
+            row.append(_ratio_mark(marks["hub"], marks["baseline"]) + _cell(ratio.get(label)))
         lines.append(row)
     widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
     return "\n".join(
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
         for r in lines
     )
+
+
+def _bound_mark(result: dict[str, Any], label: str) -> str:
+    """ "≥ " on max-phase rates that the load generator, not the server, capped."""
+    capped = str(lookup(result, ("max", "bottleneck"))).startswith("load generator")
+    return "≥ " if capped and label in CAPACITY_ROWS else ""
+
+
+def _ratio_mark(hub: str, baseline: str) -> str:
+    if hub and baseline:
+        return "? "
+    return "≥ " if hub else ("≤ " if baseline else "")
 
 
 def _cell(value: Any) -> str:
@@ -440,6 +491,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=4, help="subscriber processes (core 1)")
     parser.add_argument("--settle-seconds", type=float, default=2.0, help="before idle RSS")
     parser.add_argument("--drain-seconds", type=float, default=60.0, help="max wait per phase")
+    parser.add_argument(
+        "--quiet-wait-seconds", type=float, default=60.0, help="wait for idle cores first"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: small and short")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
@@ -472,7 +526,11 @@ async def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     prepare_process()
-    results = uvloop.run(run_all(args))
+    try:
+        results = uvloop.run(run_all(args))
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers and workers stopped", file=sys.stderr)
+        return 130
     ratio = ratios(results)
     print()
     print(render_table(results, ratio))

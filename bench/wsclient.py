@@ -146,7 +146,10 @@ class WebSocketClient(asyncio.Protocol):
             end = start + length
             if end > size:
                 break
-            self._handle_frame(b0, bytes(buf[start:end]), now_ns)
+            if b0 == 0x80 | _OP_TEXT:  # the common case, without two more calls
+                self._on_message(bytes(buf[start:end]), now_ns)
+            else:
+                self._handle_frame(b0, bytes(buf[start:end]), now_ns)
             pos = end
         del buf[:pos]
 

@@ -59,8 +59,11 @@ def routes(context: ContextSource) -> list[BaseRoute]:
             raise ApiError(400, "`limit` must be an integer") from None
         if not 1 <= limit <= 100:
             raise ApiError(400, "`limit` must be from 1 to 100")
-        sessions = await queries.recent_sessions(context().db, request.path_params["user_id"],
-                                                 limit)
+        db, user_id = context().db, request.path_params["user_id"]
+        sessions = await queries.recent_sessions(db, user_id, limit)
+        # An empty list would hide a mistyped id: an unknown user is a 404, like a session.
+        if not sessions and await queries.get_user(db, user_id) is None:
+            raise ApiError(404, f"no user {user_id}")
         return JSONResponse({"sessions": sessions})
 
     return [

@@ -71,6 +71,8 @@ class SessionRule(ChannelRule):
         if outcome.status == "duplicate":
             return None
         event["user"] = owner
+        # `device` names the device that sent it, from the token; a client's own is dropped.
+        event.pop("device", None)
         if who.device:
             event["device"] = who.device
         event["server_ts"] = server_ts

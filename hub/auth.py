@@ -57,6 +57,14 @@ def verify(token: str, settings: Settings) -> Identity:
     return _identity(claims)
 
 
+def ttl_of(expires_at: int) -> int:
+    """Whole seconds left for a reply's `ttl`: rounded down, so the SDK refreshes a little early,
+    and at least 1. Expiry timers use the exact time instead: rounding them down too would cut a
+    connection or subscription while its token is still valid, and the client, reconnecting with
+    that token, would be let in again instead of being told to fetch a new one (109)."""
+    return max(int(expires_at - time.time()), 1)
+
+
 def _key(settings: Settings) -> tuple[str, list[str]]:
     if settings.jwt_public_key:
         return settings.jwt_public_key, ["RS256", "ES256"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 import uuid
@@ -137,7 +138,9 @@ class Client:
         if method is None or not isinstance(command.get(method, {}), dict):
             self.close(DisconnectCode.BAD_REQUEST)
             return
-        if (not isinstance(command_id, int) or command_id <= 0) and method != "send":
+        # A JSON `true` is a Python int too, but no command id.
+        has_id = isinstance(command_id, int) and not isinstance(command_id, bool) and command_id > 0
+        if not has_id and method != "send":
             self.close(DisconnectCode.BAD_REQUEST)
             return
         if self.state == CONNECTING and method != "connect":
@@ -242,13 +245,14 @@ class Client:
             self._expiry_timer.cancel()
             self._expiry_timer = None
         assert self.identity is not None
-        if not self.identity.expires_at:
+        expires_at = self.identity.expires_at
+        if not expires_at:
             return 0
-        ttl = max(int(self.identity.expires_at - time.time()), 1)
         self._expiry_timer = self.node.loop.call_later(
-            ttl + self.node.settings.expired_close_delay, self.close, DisconnectCode.EXPIRED
+            max(expires_at - time.time(), 0) + self.node.settings.expired_close_delay,
+            self.close, DisconnectCode.EXPIRED,
         )
-        return ttl
+        return auth.ttl_of(expires_at)
 
     # -- commands --------------------------------------------------------------------------
 
@@ -272,16 +276,17 @@ class Client:
             self._timer.cancel()
         self.node.register_client(self)
         self._schedule_ping(first=True)
+        # Rounded up: centrifuge-js answers pings only when `ping` is above 0.
         result: Message = {"client": self.id, "version": __version__,
-                           "ping": int(self.node.settings.ping_interval), "pong": True}
+                           "ping": math.ceil(self.node.settings.ping_interval), "pong": True}
         ttl = self._arm_expiry()
         if ttl:
             result["expires"] = True
             result["ttl"] = ttl
-        wanted = body.get("subs") or {}
+        wanted = messages.object_field(body, "subs")
         subs: Message = {}
         for channel in server_channels:
-            request = wanted.get(channel) or {}
+            request = messages.object_field(wanted, channel)
             rule, _ = self.node.rule_for(channel)
             _, subs[channel] = await self.node.subscribe(self, channel, request, rule=rule)
         if subs:
@@ -299,13 +304,15 @@ class Client:
             raise ReplyError(ErrorCode.LIMIT_EXCEEDED.with_message(
                 f"at most {limit} subscriptions per connection (HUB_MAX_SUBSCRIPTIONS)"))
         rule, channel_id = self.node.rule_for(channel)
-        ttl = self._check_sub_token(channel, body.get("token"))
+        expires_at = self._check_sub_token(channel, body.get("token"))
         await rule.authorize_subscribe(self.principal, channel_id)
-        _, result = await self.node.subscribe(self, channel, body, rule=rule, ttl=ttl)
+        _, result = await self.node.subscribe(self, channel, body, rule=rule,
+                                              expires_at=expires_at)
         return result
 
     def _check_sub_token(self, channel: str, token: Any) -> int:
-        """An optional subscription token must name this user and channel; returns its ttl."""
+        """An optional subscription token must name this user and channel; returns its expiry
+        (Unix seconds, 0 without a token)."""
         if not token:
             return 0
         try:
@@ -317,7 +324,7 @@ class Client:
         if claims.user != self.principal.user or claims.channel != channel:
             raise ReplyError(ErrorCode.PERMISSION_DENIED.with_message(
                 "subscription token is for another user or channel"))
-        return max(int(claims.expires_at - time.time()), 1) if claims.expires_at else 0
+        return claims.expires_at
 
     async def _sub_refresh(self, body: Message) -> Message:
         channel = self._channel(body)
@@ -326,11 +333,11 @@ class Client:
         sub = self.subs.get(channel)
         if sub is None:
             raise ReplyError(ErrorCode.PERMISSION_DENIED.with_message("not subscribed"))
-        ttl = self._check_sub_token(channel, body.get("token"))
-        if not ttl:
+        expires_at = self._check_sub_token(channel, body.get("token"))
+        if not expires_at:
             raise ReplyError(ErrorCode.BAD_REQUEST.with_message("token is required"))
-        self.node.arm_sub_expiry(sub, ttl)
-        return {"expires": True, "ttl": ttl}
+        self.node.arm_sub_expiry(sub, expires_at)
+        return {"expires": True, "ttl": auth.ttl_of(expires_at)}
 
     async def _unsubscribe(self, body: Message) -> Message:
         channel = self._channel(body)
@@ -361,11 +368,12 @@ class Client:
 
     async def _history(self, body: Message) -> Message:
         channel = await self._readable(body, "history")
-        since = body.get("since")
+        since = messages.object_field(body, "since")
         position = None
         if since:
-            position = StreamPosition(int(since.get("offset", 0)), str(since.get("epoch", "")))
-        return await self.node.history(channel, position, int(body.get("limit", 0)),
+            position = StreamPosition(messages.int_field(since, "offset"),
+                                      str(since.get("epoch", "")))
+        return await self.node.history(channel, position, messages.int_field(body, "limit"),
                                        bool(body.get("reverse", False)))
 
     async def _readable(self, body: Message, feature: str) -> str:

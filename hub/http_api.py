@@ -65,7 +65,10 @@ def with_api_key(handler: Handler) -> Handler:
         scheme, _, given = header.partition(" ")
         if not key:
             return error_response(401, "the HTTP API is off: set HUB_API_KEY to enable it")
-        if scheme.lower() != "apikey" or not hmac.compare_digest(given.strip(), key):
+        # As bytes: compare_digest refuses non-ASCII str, and any header byte may arrive
+        # (Starlette decodes headers as latin-1, so this gives back the bytes sent).
+        sent = given.strip().encode("latin-1")
+        if scheme.lower() != "apikey" or not hmac.compare_digest(sent, key.encode()):
             return error_response(401, "send `Authorization: apikey <HUB_API_KEY>`")
         try:
             return await handler(request)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
+from hub import auth
 from hub.broker.base import Broker, ClientInfo, Publication, StreamPosition
 from hub.config import Settings
 from hub.metrics import Metrics
@@ -97,7 +99,8 @@ class Node:
         return rule, channel_id
 
     async def subscribe(
-        self, client: Client, channel: str, request: Message, *, rule: ChannelRule, ttl: int = 0
+        self, client: Client, channel: str, request: Message, *, rule: ChannelRule,
+        expires_at: int = 0,
     ) -> tuple[Subscription, Message]:
         """Attach a client to a channel and build its SubscribeResult, recovering if asked.
 
@@ -121,10 +124,10 @@ class Node:
             client.subs.pop(channel, None)
             self._detach_locally(sub)
             raise
-        if ttl:
+        if expires_at:
             result["expires"] = True
-            result["ttl"] = ttl
-            self.arm_sub_expiry(sub, ttl)
+            result["ttl"] = auth.ttl_of(expires_at)
+            self.arm_sub_expiry(sub, expires_at)
         return sub, result
 
     async def _position(
@@ -139,7 +142,8 @@ class Node:
             result.update(_position_fields(top))
             sub.floor = top.offset
             return result
-        since = StreamPosition(int(request.get("offset") or 0), str(request.get("epoch") or ""))
+        since = StreamPosition(messages.int_field(request, "offset"),
+                               str(request.get("epoch") or ""))
         found = await self.broker.history(channel, since=since, limit=-1,
                                           meta_ttl=history.meta_ttl)
         top, pubs = found.position, found.publications
@@ -151,7 +155,7 @@ class Node:
             if pubs:
                 result["publications"] = [messages.publication(p) for p in pubs]
             return result
-        if int(request.get("flag") or 0) & 2:
+        if messages.int_field(request, "flag") & 2:
             raise ReplyError(ErrorCode.UNRECOVERABLE_POSITION)
         result.update(_position_fields(top))
         return result
@@ -178,12 +182,12 @@ class Node:
             if rule.options.join_leave:
                 await self.broker.publish_leave(sub.channel, info)
 
-    def arm_sub_expiry(self, sub: Subscription, ttl: int) -> None:
+    def arm_sub_expiry(self, sub: Subscription, expires_at: int) -> None:
         """A subscription token not refreshed by its expiry (plus grace) ends that subscription."""
         if sub.expiry is not None:
             sub.expiry.cancel()
-        sub.expiry = self.loop.call_later(ttl + self.settings.expired_close_delay,
-                                          self._expire_subscription, sub)
+        delay = max(expires_at - time.time(), 0) + self.settings.expired_close_delay
+        sub.expiry = self.loop.call_later(delay, self._expire_subscription, sub)
 
     def _expire_subscription(self, sub: Subscription) -> None:
         client = sub.client

@@ -27,6 +27,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -36,7 +37,8 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 POSTGRES_POOL_SIZE = 10
 POSTGRES_CONNECT_TIMEOUT_S = 5.0
-"""Bounds `ping()` and every checkout when the server is unreachable (asyncpg waits 60 s)."""
+"""Bounds every new connection when the server is unreachable (asyncpg would wait 60 s)."""
+PING_TIMEOUT_S = 5.0
 
 _MIGRATION_LOCK_KEY = 0x46495453594E43
 """pg_advisory_xact_lock key ("FITSYNC") serialising migrations of concurrently starting nodes."""
@@ -58,7 +60,12 @@ def normalize_url(url: str | None, sqlite_path: str = "fitsync.db") -> str:
         raise ValueError(f"not a database URL: {url!r}")
     scheme = scheme.lower()
     if scheme in ("postgres", "postgresql"):
-        return "postgresql+asyncpg://" + rest.replace("sslmode=", "ssl=")
+        location, qmark, query = rest.partition("?")
+        params = "&".join(
+            "ssl=" + p.removeprefix("sslmode=") if p.startswith("sslmode=") else p
+            for p in query.split("&")
+        )
+        return f"postgresql+asyncpg://{location}{qmark}{params}"
     if scheme == "sqlite":
         return "sqlite+aiosqlite://" + rest
     if scheme in ("postgresql+asyncpg", "sqlite+aiosqlite"):
@@ -66,7 +73,7 @@ def normalize_url(url: str | None, sqlite_path: str = "fitsync.db") -> str:
     raise ValueError(f"unsupported database URL {scheme}://…; use sqlite:// or postgresql://")
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
+def alembic_config(connection: Connection) -> Config:
     """Alembic configuration built in code, so migrations run from an installed package.
 
     `connection` is handed to `migrations/env.py`, which runs on it rather than opening its own.
@@ -101,6 +108,8 @@ class Database:
 
     async def start(self) -> None:
         """Create the engine and migrate the schema to head; on failure nothing stays open."""
+        if self._engine is not None:
+            raise RuntimeError("Database already started")
         if self.dialect == "postgresql":
             engine = create_async_engine(
                 self.url,
@@ -121,6 +130,8 @@ class Database:
             self._write_lock = asyncio.Lock()
         self._engine = engine
         try:
+            if self.dialect == "sqlite":
+                await self._switch_to_wal()
             async with self.write() as conn:
                 if self.dialect == "postgresql":
                     await conn.execute(
@@ -131,6 +142,24 @@ class Database:
             await self.close()
             raise
 
+    async def _switch_to_wal(self) -> None:
+        """Open a first connection, retrying while the file is busy.
+
+        Switching a new file to WAL needs an exclusive lock and SQLite reports a competing
+        switch (another node starting on the same new file) as "locked" without waiting; once
+        the file is in WAL mode, the pragma on later connections needs no lock.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                async with self.engine.connect():
+                    return
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) or loop.time() > deadline:
+                    raise
+            await asyncio.sleep(0.02)
+
     async def close(self) -> None:
         """Close every pooled connection. Idempotent."""
         engine, self._engine, self._write_engine = self._engine, None, None
@@ -138,8 +167,9 @@ class Database:
             await engine.dispose()
 
     async def ping(self) -> None:
-        """Run `SELECT 1`; raises when the database cannot be reached."""
-        async with self.engine.connect() as conn:
+        """Run `SELECT 1`; raises when the database cannot be reached or does not answer
+        within `PING_TIMEOUT_S` (so a readiness probe never hangs)."""
+        async with asyncio.timeout(PING_TIMEOUT_S), self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     @asynccontextmanager
@@ -151,14 +181,13 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A connection in one transaction: everything in the block commits, or nothing does."""
+        engine = self._started_write_engine()
         if self._write_lock is None:
-            async with self.engine.begin() as conn:
+            async with engine.begin() as conn:
                 yield conn
             return
-        async with self._write_lock:
-            assert self._write_engine is not None
-            async with self._write_engine.begin() as conn:
-                yield conn
+        async with self._write_lock, engine.begin() as conn:
+            yield conn
 
     def insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         """An INSERT for this backend, so callers can add `ON CONFLICT` clauses portably."""
@@ -169,9 +198,12 @@ class Database:
     def session(self) -> AsyncSession:
         """An ORM session (use as `async with db.session() as s:`); objects stay usable after
         commit. Prefer `models.queries`, which returns plain values."""
+        return AsyncSession(self._started_write_engine(), expire_on_commit=False)
+
+    def _started_write_engine(self) -> AsyncEngine:
         if self._write_engine is None:
             raise RuntimeError("Database.start() has not been called")
-        return AsyncSession(self._write_engine, expire_on_commit=False)
+        return self._write_engine
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

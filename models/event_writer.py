@@ -18,17 +18,32 @@ Guarantees, per batch (one transaction):
   accepted into a session after `end_session` committed.
 
 Callers authorize and validate events first; the writer only checks that the session is
-active and belongs to the event's user (otherwise `inactive`).
+active and belongs to the event's user (otherwise `inactive`, unless the event is already
+stored: then it is a retry and `duplicate`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import (
+    Column,
+    Insert,
+    Select,
+    String,
+    Table,
+    any_,
+    bindparam,
+    func,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models.db import Database
@@ -36,6 +51,8 @@ from models.queries import avg_bpm, round_volume
 from models.tables import heart_rate_samples, session_events, workout_sessions
 
 _SET_FIELDS = ("exercise", "reps", "weight_kg", "rpe", "duration_s", "ts")
+_EVENT_COLUMNS = ("session_id", "user_id", "event_id", "kind", "device", "server_ts", *_SET_FIELDS)
+_SAMPLE_COLUMNS = ("event_pk", "session_id", "ts_ms", "bpm")
 
 
 @dataclass(slots=True)
@@ -103,31 +120,52 @@ class _Totals:
         return stats
 
 
-ws = workout_sessions
-se = session_events
-
-_LOCK_SESSIONS = (
-    select(
-        ws.c.id, ws.c.user_id, ws.c.sets, ws.c.reps, ws.c.volume_kg,
-        ws.c.hr_count, ws.c.hr_sum, ws.c.max_bpm,
-    )
-    .where(ws.c.id.in_(bindparam("ids", expanding=True)), ws.c.status == "active")
-    .order_by(ws.c.id)
-    .with_for_update()
-)
+_TOTALS_COLUMNS = ("user_id", "sets", "reps", "volume_kg", "hr_count", "hr_sum", "max_bpm")
+"""Read from the locked session row, in `_Totals` field order."""
 
 _UPDATE_TOTALS = (
-    update(ws)
-    .where(ws.c.id == bindparam("b_id"))
-    .values(
-        sets=bindparam("b_sets"),
-        reps=bindparam("b_reps"),
-        volume_kg=bindparam("b_volume_kg"),
-        hr_count=bindparam("b_hr_count"),
-        hr_sum=bindparam("b_hr_sum"),
-        max_bpm=bindparam("b_max_bpm"),
-    )
+    update(workout_sessions)
+    .where(workout_sessions.c.id == bindparam("b_id"))
+    .values({name: bindparam(f"b_{name}") for name in _TOTALS_COLUMNS[1:]})
 )
+
+
+def _lock_sessions(dialect: str) -> Select[Any]:
+    """Lock the active ones among the batch's sessions, in id order (no deadlock between
+    nodes locking overlapping sets). PostgreSQL takes the ids as one array so the statement
+    text, and its prepared plan, is the same for every batch."""
+    ws = workout_sessions
+    if dialect == "postgresql":
+        matches = ws.c.id == any_(bindparam("ids", type_=postgresql.ARRAY(String)))
+    else:
+        matches = ws.c.id.in_(bindparam("ids", expanding=True))
+    return (
+        select(ws.c.id, *(ws.c[name] for name in _TOTALS_COLUMNS))
+        .where(matches, ws.c.status == "active")
+        .order_by(ws.c.id)
+        .with_for_update()
+    )
+
+
+def _unnest_insert(table: Table, names: tuple[str, ...]) -> postgresql.Insert:
+    """PostgreSQL: `INSERT … SELECT FROM unnest(<one array per column>)`.
+
+    Any number of rows goes in one statement and one round trip, and the statement text does
+    not depend on the row count, so asyncpg prepares it once (a multi-row VALUES list would be
+    a new statement for every batch size).
+    """
+    columns: list[Column[Any]] = [table.c[name] for name in names]
+    arrays = [bindparam(c.name, type_=postgresql.ARRAY(c.type)) for c in columns]
+    rows = func.unnest(*arrays).table_valued(*names).render_derived()
+    return postgresql.insert(table).from_select(list(names), select(*rows.c))
+
+
+def _columnar(rows: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, list[Any]]:
+    return {name: [row[name] for row in rows] for name in names}
+
+
+def _rowwise(rows: list[dict[str, Any]], names: tuple[str, ...]) -> list[dict[str, Any]]:
+    return rows
 
 
 class EventWriter:
@@ -140,11 +178,24 @@ class EventWriter:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._insert_events = (
-            db.insert(se)
-            .on_conflict_do_nothing(index_elements=[se.c.user_id, se.c.event_id])
-            .returning(se.c.id, se.c.user_id, se.c.event_id)
-        )
+        # PostgreSQL gets whole columns as arrays (one round trip per table); SQLite, which
+        # runs in-process, gets an executemany of rows.
+        se = session_events
+        insert_events: postgresql.Insert | sqlite.Insert
+        self._insert_samples: Insert
+        self._params: Callable[[list[dict[str, Any]], tuple[str, ...]], Any]
+        if db.dialect == "postgresql":
+            insert_events = _unnest_insert(se, _EVENT_COLUMNS)
+            self._insert_samples = _unnest_insert(heart_rate_samples, _SAMPLE_COLUMNS)
+            self._params = _columnar
+        else:
+            insert_events = sqlite.insert(se)
+            self._insert_samples = heart_rate_samples.insert()
+            self._params = _rowwise
+        self._insert_events = insert_events.on_conflict_do_nothing(
+            index_elements=[se.c.user_id, se.c.event_id]
+        ).returning(se.c.id, se.c.user_id, se.c.event_id)
+        self._lock_sessions = _lock_sessions(db.dialect)
         self.batches_committed = 0
         """Transactions committed so far: with `events_committed`, shows how well commits group."""
         self.events_committed = 0
@@ -183,10 +234,12 @@ class EventWriter:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+                batch = [
+                    self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))
+                ]
                 try:
                     outcomes = await self._commit([event for event, _ in batch])
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - whatever failed, the callers must hear
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
@@ -208,32 +261,54 @@ class EventWriter:
         async with self._db.write() as conn:
             return await self._write_batch(conn, events)
 
+    async def _refuse(
+        self,
+        conn: AsyncConnection,
+        events: list[SessionEvent],
+        refused: list[int],
+        seen: set[tuple[str, str]],
+        outcomes: list[EventOutcome],
+    ) -> None:
+        """Events for a session that is not (or no longer) theirs to write are `inactive`,
+        unless the event itself is already stored: a device retrying an event whose
+        acknowledgement was lost, after the session ended, is acknowledged again."""
+        keys = {(events[i].user_id, events[i].event_id) for i in refused} - seen
+        stored = set(seen)
+        if keys:
+            se = session_events
+            stmt = select(se.c.user_id, se.c.event_id).where(
+                tuple_(se.c.user_id, se.c.event_id).in_(sorted(keys))
+            )
+            stored.update((r.user_id, r.event_id) for r in await conn.execute(stmt))
+        for i in refused:
+            if (events[i].user_id, events[i].event_id) not in stored:
+                outcomes[i] = _INACTIVE
+
     async def _write_batch(
         self, conn: AsyncConnection, events: list[SessionEvent]
     ) -> list[EventOutcome]:
         ids = sorted({e.session_id for e in events})
         totals = {
-            row.id: _Totals(
-                row.user_id, row.sets, row.reps, row.volume_kg,
-                row.hr_count, row.hr_sum, row.max_bpm,
-            )
-            for row in await conn.execute(_LOCK_SESSIONS, {"ids": ids})
+            row.id: _Totals(*row[1:])
+            for row in await conn.execute(self._lock_sessions, {"ids": ids})
         }
 
-        outcomes: list[EventOutcome | None] = [None] * len(events)
+        # Every event ends up stored, inactive or (the default) a duplicate.
+        outcomes = [_DUPLICATE] * len(events)
         candidates: list[int] = []
+        refused: list[int] = []
         seen: set[tuple[str, str]] = set()
         for i, event in enumerate(events):
             session = totals.get(event.session_id)
             if session is None or session.user_id != event.user_id:
-                outcomes[i] = _INACTIVE
-            elif (event.user_id, event.event_id) in seen:
-                outcomes[i] = _DUPLICATE
-            else:
+                refused.append(i)
+            elif (event.user_id, event.event_id) not in seen:
                 seen.add((event.user_id, event.event_id))
                 candidates.append(i)
+        if refused:
+            await self._refuse(conn, events, refused, seen, outcomes)
         if not candidates:
-            return outcomes  # type: ignore[return-value]
+            return outcomes
 
         rows = []
         for i in candidates:
@@ -249,16 +324,14 @@ class EventWriter:
             for name in _SET_FIELDS:
                 row[name] = event.fields.get(name)
             rows.append(row)
-        inserted = {
-            (r.user_id, r.event_id): r.id for r in await conn.execute(self._insert_events, rows)
-        }
+        result = await conn.execute(self._insert_events, self._params(rows, _EVENT_COLUMNS))
+        inserted = {(r.user_id, r.event_id): r.id for r in result}
 
         samples = []
         for i in candidates:
             event = events[i]
             pk = inserted.get((event.user_id, event.event_id))
             if pk is None:
-                outcomes[i] = _DUPLICATE
                 continue
             outcomes[i] = EventOutcome("stored", totals[event.session_id].add(event))
             samples.extend(
@@ -266,21 +339,13 @@ class EventWriter:
                 for ts, bpm in event.samples
             )
         if samples:
-            await conn.execute(heart_rate_samples.insert(), samples)
+            await conn.execute(self._insert_samples, self._params(samples, _SAMPLE_COLUMNS))
 
         changed = [
-            {
-                "b_id": session_id,
-                "b_sets": t.sets,
-                "b_reps": t.reps,
-                "b_volume_kg": t.volume_kg,
-                "b_hr_count": t.hr_count,
-                "b_hr_sum": t.hr_sum,
-                "b_max_bpm": t.max_bpm,
-            }
+            {"b_id": session_id, **{f"b_{name}": getattr(t, name) for name in _TOTALS_COLUMNS[1:]}}
             for session_id, t in totals.items()
             if t.changed
         ]
         if changed:
             await conn.execute(_UPDATE_TOTALS, changed)
-        return outcomes  # type: ignore[return-value]
+        return outcomes

@@ -49,7 +49,12 @@ def avg_bpm(hr_sum: int, hr_count: int) -> float | None:
 
 
 def _user_dict(row: Row[Any]) -> dict[str, Any]:
-    return {"user_id": row.id, "name": row.name, "role": row.role, "created_at": iso(row.created_at)}
+    return {
+        "user_id": row.id,
+        "name": row.name,
+        "role": row.role,
+        "created_at": iso(row.created_at),
+    }
 
 
 def _check_role(role: str) -> None:
@@ -223,11 +228,7 @@ async def get_session_sets(db: Database, session_id: str) -> list[dict[str, Any]
     """The session's sets in the order they were accepted, shaped like their broadcasts
     (without `stats`): optional fields appear only when the device sent them."""
     se = session_events
-    stmt = (
-        select(se)
-        .where(se.c.session_id == session_id, se.c.kind == "set")
-        .order_by(se.c.id)
-    )
+    stmt = select(se).where(se.c.session_id == session_id, se.c.kind == "set").order_by(se.c.id)
     async with db.read() as conn:
         rows = (await conn.execute(stmt)).all()
     sets = []

@@ -129,9 +129,7 @@ class SessionEvent(SQLModel, table=True):
     """
 
     __tablename__ = "session_events"
-    __table_args__ = (
-        UniqueConstraint("user_id", "event_id", name="uq_session_events_user_event"),
-    )
+    __table_args__ = (UniqueConstraint("user_id", "event_id", name="uq_session_events_user_event"),)
 
     id: int | None = Field(
         default=None, sa_column=Column(BigIntId, primary_key=True, autoincrement=True)

@@ -9,7 +9,6 @@ it are still open.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -34,13 +33,14 @@ async def _admin_connect() -> asyncpg.Connection:
     admin = postgres_admin_url()
     try:
         return await asyncpg.connect(admin, timeout=5)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
-        pytest.fail(
-            f"PostgreSQL is unreachable at {make_url(admin)!r}: {exc!r}. The database tests need "
-            "it: start it (pg_ctlcluster --skip-systemctl-redirect <version> main start) or "
-            "point HUB_TEST_POSTGRES_URL at a server where this user may create databases.",
-            pytrace=False,
-        )
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        error = exc
+    pytest.fail(
+        f"PostgreSQL is unreachable at {make_url(admin)!r}: {error!r}. The database tests need "
+        "it: start it (pg_ctlcluster --skip-systemctl-redirect <version> main start) or point "
+        "HUB_TEST_POSTGRES_URL at a server where this user may create databases.",
+        pytrace=False,
+    )
 
 
 async def create_postgres_database() -> str:

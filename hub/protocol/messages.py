@@ -1,4 +1,5 @@
-"""Builders for the reply and push shapes the SDKs read, in the hub's internal dict form.
+"""Builders for the reply and push shapes the SDKs read, in the hub's internal dict form, and
+typed reads of the command fields the hub interprets.
 
 Zero values are left out as the reference server does; keys the SDKs dereference (`client`,
 `ttl` beside `expires`, `code` and `reason` in pushes, `info` in join/leave) are always present.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from hub.broker.base import ClientInfo, Publication
-from hub.protocol.codes import Error, Unsubscribe
+from hub.protocol.codes import DisconnectCode, DisconnectError, Error, Unsubscribe
 
 Message = dict[str, Any]
 
@@ -58,3 +59,24 @@ def leave_push(channel: str, info: ClientInfo) -> Message:
 
 def unsubscribe_push(channel: str, why: Unsubscribe) -> Message:
     return {"push": {"channel": channel, "unsubscribe": {"code": why.code, "reason": why.reason}}}
+
+
+# JSON and msgpack commands carry no schema, so a field may hold any type. One of the wrong type
+# is a malformed command, closed with 3501 as the reference's typed decoding does, not an
+# internal error that an SDK would retry for ever.
+
+
+def int_field(body: Message, name: str) -> int:
+    """An integer field of a command body; 0 when absent."""
+    value = body.get(name) or 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DisconnectError(DisconnectCode.BAD_REQUEST)
+    return value
+
+
+def object_field(body: Message, name: str) -> Message:
+    """A message or map field of a command body; empty when absent."""
+    value = body.get(name) or {}
+    if not isinstance(value, dict):
+        raise DisconnectError(DisconnectCode.BAD_REQUEST)
+    return value

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import Table, func, select, text
 
 from models import queries as q
 from models.db import Database
@@ -24,18 +25,33 @@ async def writer(database: Database) -> AsyncIterator[EventWriter]:
     await w.close()
 
 
-def a_set(sid: str, event_id: str, reps: int = 5, weight_kg: float = 100.0,
-          user: str = "ann") -> SessionEvent:
-    return SessionEvent(sid, user, event_id, "set", None, int(time.time() * 1000),
-                        {"exercise": "squat", "reps": reps, "weight_kg": weight_kg})
+def a_set(
+    sid: str, event_id: str, reps: int = 5, weight_kg: float = 100.0, user: str = "ann"
+) -> SessionEvent:
+    return SessionEvent(
+        sid,
+        user,
+        event_id,
+        "set",
+        None,
+        int(time.time() * 1000),
+        {"exercise": "squat", "reps": reps, "weight_kg": weight_kg},
+    )
 
 
 def an_hr(sid: str, event_id: str, bpms: list[int], user: str = "ann") -> SessionEvent:
-    return SessionEvent(sid, user, event_id, "hr", "band", int(time.time() * 1000),
-                        samples=[(1000 + i, bpm) for i, bpm in enumerate(bpms)])
+    return SessionEvent(
+        sid,
+        user,
+        event_id,
+        "hr",
+        "band",
+        int(time.time() * 1000),
+        samples=[(1000 + i, bpm) for i, bpm in enumerate(bpms)],
+    )
 
 
-async def count(db: Database, table, **where: str) -> int:  # type: ignore[no-untyped-def]
+async def count(db: Database, table: Table, **where: str) -> int:
     stmt = select(func.count()).select_from(table)
     for column, value in where.items():
         stmt = stmt.where(table.c[column] == value)
@@ -67,7 +83,11 @@ async def test_running_stats_in_event_order(database: Database, writer: EventWri
     # The totals were persisted with the events, for every node to read.
     summary = (await q.get_session(database, sid))["summary"]
     assert {k: summary[k] for k in ("sets", "reps", "volume_kg", "avg_bpm", "max_bpm")} == {
-        "sets": 3, "reps": 9, "volume_kg": 807.6, "avg_bpm": 118.2, "max_bpm": 150,
+        "sets": 3,
+        "reps": 9,
+        "volume_kg": 807.6,
+        "avg_bpm": 118.2,
+        "max_bpm": 150,
     }
     assert await count(database, heart_rate_samples, session_id=sid) == 5
     assert await count(database, session_events, session_id=sid) == 5
@@ -79,8 +99,13 @@ async def test_running_stats_in_event_order(database: Database, writer: EventWri
         later = await other.submit(an_hr(sid, "h3", [200]))
     finally:
         await other.close()
-    assert later.stats == {"sets": 3, "reps": 9, "volume_kg": 807.6, "avg_bpm": 131.8,
-                           "max_bpm": 200}
+    assert later.stats == {
+        "sets": 3,
+        "reps": 9,
+        "volume_kg": 807.6,
+        "avg_bpm": 131.8,
+        "max_bpm": 200,
+    }
 
 
 async def test_duplicates_are_acknowledged_and_stored_once(
@@ -148,8 +173,11 @@ async def test_burst_is_committed_in_few_transactions(
         sid, user = sessions[n % len(sessions)], f"athlete{n % len(sessions)}"
         results = []
         for k in range(per_submitter):
-            event = (an_hr(sid, f"d{n}-{k}", [80 + k] * 5, user=user) if k % 2
-                     else a_set(sid, f"d{n}-{k}", reps=2, weight_kg=10, user=user))
+            event = (
+                an_hr(sid, f"d{n}-{k}", [80 + k] * 5, user=user)
+                if k % 2
+                else a_set(sid, f"d{n}-{k}", reps=2, weight_kg=10, user=user)
+            )
             results.append(await writer.submit(event))
         return results
 
@@ -167,8 +195,10 @@ async def test_burst_is_committed_in_few_transactions(
     for sid in sessions:
         summary = (await q.get_session(database, sid))["summary"]
         assert (summary["sets"], summary["reps"], summary["volume_kg"]) == (20, 40, 400.0)
-    print(f"\n{database.dialect}: {events} events in {committed} transactions, "
-          f"{events / elapsed:,.0f} events/s")
+    print(
+        f"\n{database.dialect}: {events} events in {committed} transactions, "
+        f"{events / elapsed:,.0f} events/s"
+    )
 
 
 async def test_database_error_fails_the_batch_and_writer_recovers(
@@ -198,8 +228,13 @@ async def test_database_error_fails_the_batch_and_writer_recovers(
         writer.submit(an_hr(sid, "h-during", [120, 130])),
     )
     assert [o.status for o in retried] == ["stored", "stored"]
-    assert retried[1].stats == {"sets": 2, "reps": 10, "volume_kg": 1000.0,
-                                "avg_bpm": 125.0, "max_bpm": 130}
+    assert retried[1].stats == {
+        "sets": 2,
+        "reps": 10,
+        "volume_kg": 1000.0,
+        "avg_bpm": 125.0,
+        "max_bpm": 130,
+    }
     assert await count(database, heart_rate_samples, session_id=sid) == 2
 
 
@@ -215,3 +250,43 @@ async def test_close_drains_the_queue(database: Database) -> None:
     with pytest.raises(RuntimeError):
         await writer.submit(a_set(sid, "late"))
     assert (await q.get_session(database, sid))["summary"]["sets"] == 10
+
+
+async def test_end_session_racing_the_writer_counts_exactly_the_stored_events(
+    database: Database, writer: EventWriter
+) -> None:
+    sid = (await q.start_session(database, "ann", ""))["session_id"]
+
+    async def device(n: int) -> list[EventOutcome]:
+        return [await writer.submit(a_set(sid, f"d{n}-{k}", reps=1)) for k in range(20)]
+
+    async def end_midway() -> dict[str, Any] | None:
+        while writer.events_committed < 60:
+            await asyncio.sleep(0.001)
+        return await q.end_session(database, sid)
+
+    *devices, ended = await asyncio.gather(*(device(n) for n in range(20)), end_midway())
+    stored = sum(o.status == "stored" for r in devices for o in r)
+    assert ended is not None
+    assert ended["summary"]["sets"] == stored
+    assert await count(database, session_events, session_id=sid) == stored
+    assert all(o.status in ("stored", "inactive") for r in devices for o in r)
+    assert 60 <= stored < 400, stored  # the end really landed in the middle
+
+
+async def test_retry_after_the_end_of_an_event_stored_before_is_a_duplicate(
+    database: Database, writer: EventWriter
+) -> None:
+    sid = (await q.start_session(database, "ann", ""))["session_id"]
+    assert (await writer.submit(a_set(sid, "s1"))).status == "stored"
+    assert (await writer.submit(an_hr(sid, "h1", [90]))).status == "stored"
+    await q.end_session(database, sid)
+
+    # The acknowledgements were lost; the device retries after the end.
+    retries = await asyncio.gather(
+        writer.submit(a_set(sid, "s1")),
+        writer.submit(an_hr(sid, "h1", [90])),
+        writer.submit(a_set(sid, "s2")),  # never stored: refused
+    )
+    assert [o.status for o in retries] == ["duplicate", "duplicate", "inactive"]
+    assert await count(database, session_events, session_id=sid) == 2

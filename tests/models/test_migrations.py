@@ -11,6 +11,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Column, Connection, Integer, MetaData, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import SQLModel
 
 from models.db import Database, alembic_config
@@ -74,7 +75,7 @@ async def test_unreachable_database_fails_start(database_url: str) -> None:
     else:
         bad = "postgresql://postgres@127.0.0.1:1/fitsync"
     db = Database(bad)
-    with pytest.raises(Exception):
+    with pytest.raises((OSError, SQLAlchemyError)):
         await db.start()
     with pytest.raises(RuntimeError):
         db.engine  # noqa: B018 - nothing stays open after a failed start

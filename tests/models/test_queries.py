@@ -10,6 +10,7 @@ import pytest
 from models import queries as q
 from models.db import Database, normalize_url
 from models.event_writer import EventWriter, SessionEvent
+from models.tables import User
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -19,7 +20,9 @@ def test_normalize_url() -> None:
     assert normalize_url(None, "/tmp/x.db") == "sqlite+aiosqlite:////tmp/x.db"
     assert normalize_url("sqlite:///rel.db") == "sqlite+aiosqlite:///rel.db"
     assert normalize_url("postgres://u:p@h:5432/d") == "postgresql+asyncpg://u:p@h:5432/d"
-    assert normalize_url("postgresql://h/d?sslmode=require") == "postgresql+asyncpg://h/d?ssl=require"
+    assert (
+        normalize_url("postgresql://h/d?sslmode=require") == "postgresql+asyncpg://h/d?ssl=require"
+    )
     assert normalize_url("postgresql+asyncpg://h/d") == "postgresql+asyncpg://h/d"
     with pytest.raises(ValueError):
         normalize_url("mysql://h/d")
@@ -88,8 +91,12 @@ async def test_session_lifecycle_and_summary(database: Database) -> None:
         "started_at": started["started_at"],
         "ended_at": None,
         "summary": {
-            "sets": 0, "reps": 0, "volume_kg": 0.0, "duration_s": 0,
-            "avg_bpm": None, "max_bpm": None,
+            "sets": 0,
+            "reps": 0,
+            "volume_kg": 0.0,
+            "duration_s": 0,
+            "avg_bpm": None,
+            "max_bpm": None,
         },
     }
     assert ISO.match(started["started_at"])
@@ -100,25 +107,65 @@ async def test_session_lifecycle_and_summary(database: Database) -> None:
     writer = EventWriter(database)
     writer.start()
     try:
-        await writer.submit(SessionEvent(
-            sid, "ann", "e1", "set", "watch-1", 1000,
-            {"exercise": "bench", "reps": 10, "weight_kg": 60.0, "rpe": 8.0},
-        ))
-        await writer.submit(SessionEvent(
-            sid, "ann", "e2", "set", None, 2000,
-            {"exercise": "bench", "reps": 8, "weight_kg": 62.5, "duration_s": 40.0, "ts": 1999},
-        ))
-        await writer.submit(SessionEvent(
-            sid, "ann", "h1", "hr", "watch-1", 3000, samples=[(1, 100), (2, 140), (3, 120)],
-        ))
+        await writer.submit(
+            SessionEvent(
+                sid,
+                "ann",
+                "e1",
+                "set",
+                "watch-1",
+                1000,
+                {"exercise": "bench", "reps": 10, "weight_kg": 60.0, "rpe": 8.0},
+            )
+        )
+        await writer.submit(
+            SessionEvent(
+                sid,
+                "ann",
+                "e2",
+                "set",
+                None,
+                2000,
+                {"exercise": "bench", "reps": 8, "weight_kg": 62.5, "duration_s": 40.0, "ts": 1999},
+            )
+        )
+        await writer.submit(
+            SessionEvent(
+                sid,
+                "ann",
+                "h1",
+                "hr",
+                "watch-1",
+                3000,
+                samples=[(1, 100), (2, 140), (3, 120)],
+            )
+        )
     finally:
         await writer.close()
 
     assert await q.get_session_sets(database, sid) == [
-        {"type": "set", "event_id": "e1", "exercise": "bench", "reps": 10, "weight_kg": 60.0,
-         "rpe": 8.0, "user": "ann", "device": "watch-1", "server_ts": 1000},
-        {"type": "set", "event_id": "e2", "exercise": "bench", "reps": 8, "weight_kg": 62.5,
-         "duration_s": 40.0, "ts": 1999, "user": "ann", "server_ts": 2000},
+        {
+            "type": "set",
+            "event_id": "e1",
+            "exercise": "bench",
+            "reps": 10,
+            "weight_kg": 60.0,
+            "rpe": 8.0,
+            "user": "ann",
+            "device": "watch-1",
+            "server_ts": 1000,
+        },
+        {
+            "type": "set",
+            "event_id": "e2",
+            "exercise": "bench",
+            "reps": 8,
+            "weight_kg": 62.5,
+            "duration_s": 40.0,
+            "ts": 1999,
+            "user": "ann",
+            "server_ts": 2000,
+        },
     ]
 
     await asyncio.sleep(1.05)
@@ -130,8 +177,12 @@ async def test_session_lifecycle_and_summary(database: Database) -> None:
     assert ended["status"] == "ended"
     assert ISO.match(ended["ended_at"])
     assert ended["summary"] == {
-        "sets": 2, "reps": 18, "volume_kg": 1100.0, "duration_s": ended["summary"]["duration_s"],
-        "avg_bpm": 120.0, "max_bpm": 140,
+        "sets": 2,
+        "reps": 18,
+        "volume_kg": 1100.0,
+        "duration_s": ended["summary"]["duration_s"],
+        "avg_bpm": 120.0,
+        "max_bpm": 140,
     }
     assert ended["summary"]["duration_s"] >= 1
     assert await q.get_session(database, sid) == ended  # duration frozen at the end
@@ -162,7 +213,13 @@ async def test_recent_sessions_newest_first(database: Database) -> None:
     assert [s["session_id"] for s in everything] == ids[::-1]
     assert everything[-1]["status"] == "ended"
     assert set(everything[0]) == {
-        "session_id", "user_id", "title", "status", "started_at", "ended_at", "summary",
+        "session_id",
+        "user_id",
+        "title",
+        "status",
+        "started_at",
+        "ended_at",
+        "summary",
     }
     assert (await q.active_session(database, "ann"))["session_id"] == ids[3]
     assert await q.recent_sessions(database, "nobody", 10) == []
@@ -183,8 +240,12 @@ async def test_coach_history(database: Database) -> None:
     assert ISO.match(messages[1]["created_at"])
 
     assert await q.update_coach_message(
-        database, messages[5]["message_id"], text="Rest 90 s.", status="done",
-        finish_reason="stop", usage={"total_tokens": 12},
+        database,
+        messages[5]["message_id"],
+        text="Rest 90 s.",
+        status="done",
+        finish_reason="stop",
+        usage={"total_tokens": 12},
     )
     assert await q.update_coach_message(database, messages[3]["message_id"], status="cancelled")
     assert not await q.update_coach_message(database, "missing", status="failed")
@@ -203,3 +264,16 @@ async def test_coach_history(database: Database) -> None:
     assert await q.coach_history(database, "ann", before=messages[0]["message_id"]) == []
     assert await q.coach_history(database, "bob", before=messages[2]["message_id"]) == []
     assert [m["text"] for m in await q.coach_history(database, "bob")] == ["not ann's"]
+
+
+async def test_orm_session(database: Database) -> None:
+    async with database.session() as session:
+        session.add(User(id="orm", name="Orm", role="admin"))
+        await session.commit()
+    async with database.session() as session:
+        user = await session.get(User, "orm")
+        assert user is not None
+        user.name = "Orm Two"
+        await session.commit()
+    assert user.created_at.tzinfo is not None  # usable after commit, aware UTC
+    assert (await q.get_user(database, "orm"))["name"] == "Orm Two"

@@ -1,0 +1,1 @@
+"""Alembic environment and revisions of the hub schema; shipped inside the `models` package."""
