@@ -64,6 +64,8 @@ class Settings:
             values["coach_model"] = env["HUB_COACH_MODEL"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
+        if settings.pong_timeout >= settings.ping_interval:
+            raise ValueError("HUB_PONG_TIMEOUT must be shorter than HUB_PING_INTERVAL")
         if settings.jwt_secret is None and settings.jwt_public_key is None:
             settings = replace(settings, jwt_secret=secrets.token_urlsafe(32), dev_mode=True)
         return settings

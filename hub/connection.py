@@ -21,7 +21,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from hub.client import Client
+from hub.client import CLOSED, Client
 from hub.node import Node
 from hub.protocol.codecs import CODECS, SUBPROTOCOLS, codec_index
 from hub.protocol.codes import Disconnect, DisconnectCode
@@ -68,6 +68,8 @@ class HubWebSocketProtocol(asyncio.Protocol):
             elif isinstance(event, Frame):
                 self._frame(event)
         self._write_protocol_output()
+        if self.ws.parser_exc is not None and self.client is not None:
+            self._closed_by_protocol()
         if self.ws.close_expected() and self._close_timer is None:
             self._close_timer = self.node.loop.call_later(_CLOSE_TIMEOUT, self._abort)
 
@@ -159,11 +161,18 @@ class HubWebSocketProtocol(asyncio.Protocol):
             self.client.closed()
         self._close_timer = self.node.loop.call_later(_CLOSE_TIMEOUT, self._abort)
 
-    def _on_slow(self) -> None:
+    def _closed_by_protocol(self) -> None:
+        """websockets itself closed the connection (oversized frame 1009, broken framing 1002)."""
+        assert self.client is not None
+        if self.ws.close_sent is not None and self.client.state != CLOSED:
+            self.node.metrics.disconnects.labels(str(self.ws.close_sent.code)).inc()
+        self.client.closed()
+
+    def _on_slow(self, dropped: int) -> None:
         """The writer's queue overflowed; close outside the fan-out loop that noticed it."""
-        self.node.metrics.dropped.inc()
-        log.warning("client %s is too slow to keep up; disconnecting",
-                    self.client.id if self.client else "?")
+        self.node.metrics.dropped.inc(dropped)
+        log.warning("client %s is too slow to keep up: %d queued messages dropped, disconnecting",
+                    self.client.id if self.client else "?", dropped)
         self.node.loop.call_soon(self._close_slow)
 
     def _close_slow(self) -> None:

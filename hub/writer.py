@@ -83,7 +83,7 @@ class Writer:
         flusher: Flusher,
         join: Callable[[list[bytes]], bytes],
         limit: int,
-        on_slow: Callable[[], None],
+        on_slow: Callable[[int], None],
     ) -> None:
         self._transport = transport
         self._flusher = flusher
@@ -136,7 +136,9 @@ class Writer:
             self._transport.write(data)
 
     def _cut_slow(self) -> None:
+        """Give up on this socket: its queued messages are dropped and reported by count."""
         self.closed = True
+        dropped = len(self._pending)
         self._pending.clear()
         self._pending_bytes = 0
-        self._on_slow()
+        self._on_slow(dropped)
