@@ -40,7 +40,7 @@ from typing import Any
 import uvloop
 import websockets
 from loadgen import PHASES, worker_main
-from procstat import CpuWindow, process_tree, rss_kib
+from procstat import CpuWindow, OtherProgramsWindow, process_tree, rss_kib
 from publisher import BaselinePublisher, HubPublisher, Publisher, PublishLog, publish_phase
 from servers import ServerProcess, start_baseline, start_hub, wait_healthy
 
@@ -193,6 +193,25 @@ async def drain(pool: WorkerPool, phase: int, expected: int, max_wait: float) ->
         await asyncio.sleep(0.2)
 
 
+class PhaseCpu:
+    """The benchmark's process groups and the cores (`CpuWindow`), plus every other program
+    on the machine as `cpu_other_programs`."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self._groups = CpuWindow(groups)
+        ours = {pid for pids in groups.values() for pid in pids}
+        self._others = OtherProgramsWindow({os.getpid(), *ours})
+
+    def start(self) -> None:
+        self._groups.start()
+        self._others.start()
+
+    def stop(self) -> dict[str, float]:
+        cpu = self._groups.stop()
+        cpu["cpu_other_programs"] = self._others.stop()
+        return cpu
+
+
 async def run_phase(
     phase: int,
     publisher: Publisher,
@@ -205,7 +224,7 @@ async def run_phase(
     Who is still busy while the backlog drains (publishing over) tells whether the server or
     the load generator was holding deliveries back.
     """
-    window = CpuWindow(
+    window = PhaseCpu(
         {
             "server": process_tree(server.pid),
             "subscribers": pool.pids,
@@ -223,6 +242,7 @@ async def run_phase(
             publisher, phase, args.payload_bytes, args.max_inflight, seconds=args.max_seconds
         )
     publish_cpu = window.stop()
+    warn_if_shared(publish_cpu)
     window.start()
     await drain(pool, phase, log.accepted * args.subscribers, args.drain_seconds)
     drain_cpu = window.stop()
@@ -258,28 +278,14 @@ def summarize(
         "latency_ms": latency_summary([s["latencies_us"] for s in stats]),
         "cpu_percent": publish_cpu,
         "drain_cpu_percent": drain_cpu,
-        "foreign_cpu_percent": foreign_cpu(publish_cpu),
         "bottleneck": bottleneck(publish_cpu, drain_cpu, backlog),
     }
 
 
-def foreign_cpu(cpu: dict[str, float]) -> dict[str, float]:
-    """Busy time on each core that neither the benchmark's processes nor interrupts explain.
-
-    Other programs on the machine land here; a few percent is normal (kernel threads),
-    more means that phase's numbers are skewed.
-    """
-    ours = {
-        SERVER_CORE: cpu["cpu_server"],
-        LOAD_CORE: cpu["cpu_subscribers"] + cpu["cpu_publisher"],
-    }
-    foreign = {
-        f"core{core}": round(max(0.0, cpu[f"core{core}"] - cpu[f"core{core}_irq"] - used), 1)
-        for core, used in ours.items()
-    }
-    if max(foreign.values()) > QUIET_PERCENT:
-        print(f"warning: other programs used the cores during this phase: {foreign}", flush=True)
-    return foreign
+def warn_if_shared(cpu: dict[str, float]) -> None:
+    """Other programs' CPU lands on the same two cores and skews that phase's numbers."""
+    if cpu["cpu_other_programs"] > QUIET_PERCENT:
+        print(f"warning: other programs used {cpu['cpu_other_programs']} % CPU", flush=True)
 
 
 def _merge_counts(counts: list[dict[Any, int]]) -> dict[str, int]:
@@ -309,20 +315,24 @@ def bottleneck(publish_cpu: dict[str, float], drain_cpu: dict[str, float], backl
     """Name the side that limited deliveries.
 
     The load core often reads ~100 % busy even when it keeps up: an event loop with spare
-    capacity just reads smaller batches more often. So: if deliveries kept arriving well after
-    the last publish, the core still busy during that drain is the limit. Otherwise a server
-    core with no idle time is; a server core with idle time next to a saturated load core
-    means the publisher or subscribers could not feed or drain it faster.
+    capacity just reads smaller batches more often. What decides is where deliveries waited:
+    a server core with no idle time while publishing is saturated; deliveries still arriving
+    well after the last publish, with the load core busier than the server core meanwhile,
+    were queued for the load generator. A server core with idle time next to a saturated load
+    core means the publisher or the subscribers could not feed or drain it faster.
     """
     server, load = f"core{SERVER_CORE}", f"core{LOAD_CORE}"
-    if backlog > BACKLOG_SECONDS:
-        if drain_cpu.get(server, 0.0) >= SATURATED_PERCENT:
-            return "server (still fanning out after publishing)"
-        if drain_cpu.get(load, 0.0) >= SATURATED_PERCENT:
-            return "load generator (deliveries queued for it)"
     server_idle = 100.0 - publish_cpu.get(server, 0.0)
-    if server_idle <= IDLE_PERCENT:
+    server_saturated = server_idle <= IDLE_PERCENT
+    draining = backlog > BACKLOG_SECONDS
+    if draining and drain_cpu.get(server, 0.0) >= drain_cpu.get(load, 0.0):
+        return "server (still fanning out after publishing)"
+    if draining and server_saturated:
+        return f"both (server core saturated, deliveries queued {backlog:.1f} s for the load side)"
+    if server_saturated:
         return "server"
+    if draining:
+        return f"load generator (deliveries queued {backlog:.1f} s for it)"
     if publish_cpu.get(load, 0.0) >= SATURATED_PERCENT:
         return f"load generator (server core {server_idle:.0f} % idle)"
     return "neither core saturated"
@@ -380,8 +390,7 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("fixed lost", ("fixed", "lost")),
     ("fixed server core %", ("fixed", "cpu_percent", f"core{SERVER_CORE}")),
     ("fixed load core %", ("fixed", "cpu_percent", f"core{LOAD_CORE}")),
-    ("fixed other programs, server core %", ("fixed", "foreign_cpu_percent", f"core{SERVER_CORE}")),
-    ("fixed other programs, load core %", ("fixed", "foreign_cpu_percent", f"core{LOAD_CORE}")),
+    ("fixed other programs cpu %", ("fixed", "cpu_percent", "cpu_other_programs")),
     ("max publishes/s", ("max", "publishes_per_s")),
     ("max deliveries/s", ("max", "deliveries_per_s")),
     ("max latency p50 ms", ("max", "latency_ms", "p50")),
@@ -395,8 +404,7 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("max subscribers cpu %", ("max", "cpu_percent", "cpu_subscribers")),
     ("max server process cpu %", ("max", "cpu_percent", "cpu_server")),
     ("max publisher cpu %", ("max", "cpu_percent", "cpu_publisher")),
-    ("max other programs, server core %", ("max", "foreign_cpu_percent", f"core{SERVER_CORE}")),
-    ("max other programs, load core %", ("max", "foreign_cpu_percent", f"core{LOAD_CORE}")),
+    ("max other programs cpu %", ("max", "cpu_percent", "cpu_other_programs")),
     ("max bottleneck", ("max", "bottleneck")),
 ]
 
@@ -487,8 +495,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fixed-seconds", type=float, help="default 10 (3 with --quick)")
     parser.add_argument("--max-seconds", type=float, help="default 5 (3 with --quick)")
     parser.add_argument("--payload-bytes", type=int, default=200)
-    parser.add_argument("--max-inflight", type=int, default=8, help="publishes outstanding")
-    parser.add_argument("--workers", type=int, default=4, help="subscriber processes (core 1)")
+    parser.add_argument("--max-inflight", type=int, default=16, help="publishes outstanding")
+    parser.add_argument("--workers", type=int, default=2, help="subscriber processes (core 1)")
     parser.add_argument("--settle-seconds", type=float, default=2.0, help="before idle RSS")
     parser.add_argument("--drain-seconds", type=float, default=60.0, help="max wait per phase")
     parser.add_argument(

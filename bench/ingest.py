@@ -204,11 +204,17 @@ class PlainDevice:
         self._rng = random.Random(device_id)
         self._seq = 0
 
-    async def run(self, pool: asyncpg.Pool, seconds: float) -> DeviceReport:
-        """Closed loop, like `simulator.Device.run`: the next insert after the last commit."""
+    async def run(self, pool: asyncpg.Pool, seconds: float, rate: float) -> DeviceReport:
+        """Closed loop, paced like `simulator.Device.run`: the next insert after the last
+        commit, and not before its slot when `rate` (events/s) is set."""
         report = DeviceReport(self.device_id, self.session_id)
-        stop_at = time.perf_counter() + seconds
+        start = time.perf_counter()
+        stop_at = start + seconds
+        sent = 0
         while time.perf_counter() < stop_at:
+            if rate > 0:
+                await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+            sent += 1
             self._seq += 1
             now_ms = int(time.time() * 1000)
             event = set_event(f"{self.device_id}-{self._seq}", self._rng, now_ms)
@@ -230,8 +236,11 @@ class PlainDevice:
         return report
 
 
-async def run_plain(devices: list[PlainDevice], pool: asyncpg.Pool, seconds: float) -> PhaseResult:
-    return PhaseResult(list(await asyncio.gather(*(d.run(pool, seconds) for d in devices))))
+async def run_plain(
+    devices: list[PlainDevice], pool: asyncpg.Pool, seconds: float, rate: float
+) -> PhaseResult:
+    reports = await asyncio.gather(*(d.run(pool, seconds, rate) for d in devices))
+    return PhaseResult(list(reports))
 
 
 async def bench_baseline(args: argparse.Namespace) -> dict[str, Any]:
@@ -248,9 +257,9 @@ async def bench_baseline(args: argparse.Namespace) -> dict[str, Any]:
             url, min_size=args.baseline_pool, max_size=args.baseline_pool
         )
         try:
-            warmup = await run_plain(devices, pool, args.warmup_seconds)
+            warmup = await run_plain(devices, pool, args.warmup_seconds, args.rate)
             window = MeasuredCpu({"load": [os.getpid()], "postgres": postgres_pids()})
-            result = await run_plain(devices, pool, args.seconds)
+            result = await run_plain(devices, pool, args.seconds, args.rate)
             cpu, others = window.stop()
         finally:
             await pool.close()
@@ -293,7 +302,7 @@ async def bench_hub(args: argparse.Namespace) -> dict[str, Any]:
                 devices_per_athlete=args.devices_per_athlete,
                 title="bench",
             ) as fleet:
-                warmup = await fleet.run(seconds=args.warmup_seconds)
+                warmup = await fleet.run(seconds=args.warmup_seconds, rate=args.rate)
                 window = MeasuredCpu(
                     {
                         "hub": process_tree(server.pid),
@@ -301,7 +310,7 @@ async def bench_hub(args: argparse.Namespace) -> dict[str, Any]:
                         "postgres": postgres_pids(),
                     }
                 )
-                result = await fleet.run(seconds=args.seconds)
+                result = await fleet.run(seconds=args.seconds, rate=args.rate)
                 cpu, others = window.stop()
             rss = rss_kib(server.pid)
         check = await verify(url, set(warmup.acked_ids()) | set(result.acked_ids()))
@@ -448,6 +457,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="measured run (default 10, quick 3)")
     parser.add_argument("--warmup-seconds", type=float, help="before it (default 2, quick 1)")
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="events/s per device on both sides (default 0: as fast as acknowledgements allow)",
+    )
+    parser.add_argument(
         "--baseline-pool", type=int, default=20, help="asyncpg pool size of the baseline"
     )
     parser.add_argument(
@@ -478,7 +493,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     results = {}
     for side in chosen:
         background = await wait_quiet(args.quiet_wait_seconds)
-        print(f"[{side}] {args.devices} devices, {args.seconds:g} s", flush=True)
+        pace = f"{args.rate:g} events/s each" if args.rate else "as fast as acked"
+        print(f"[{side}] {args.devices} devices ({pace}), {args.seconds:g} s", flush=True)
         results[side] = {"background_busy_percent": background, **await sides[side](args)}
     return results
 

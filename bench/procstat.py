@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+_KTHREADD = 2
 
 
 def process_tree(pid: int) -> list[int]:
@@ -42,17 +43,41 @@ def rss_kib(pid: int) -> int:
     return total
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat after the command name (which may contain spaces), or None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User+system CPU time consumed so far by the given processes (not their children)."""
     total = 0
     for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
+        fields = _stat_fields(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
     return total / _TICKS
+
+
+def other_programs_ticks(exclude: set[int]) -> dict[int, int]:
+    """CPU ticks so far of every user-space process not in `exclude`, by pid.
+
+    Children's reaped time (cutime, cstime) is included so that a short-lived test process
+    still shows up through its parent. Kernel threads are left out: softirq threads may be
+    doing the benchmark's own network work.
+    """
+    ticks = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in exclude:
+            continue
+        fields = _stat_fields(entry.name)
+        if fields is None or entry.name == str(_KTHREADD) or int(fields[1]) == _KTHREADD:
+            continue
+        ticks[int(entry.name)] = sum(int(f) for f in fields[11:15])
+    return ticks
 
 
 def core_busy_ticks() -> dict[int, tuple[int, int, int]]:
@@ -102,3 +127,28 @@ class CpuWindow:
             result[f"core{core}"] = round(100 * (busy - busy0) / elapsed, 1)
             result[f"core{core}_irq"] = round(100 * (irq - irq0) / elapsed, 1)
         return result
+
+
+@dataclass
+class OtherProgramsWindow:
+    """CPU used by every user-space process outside `ours` between `start()` and `stop()`.
+
+    Other programs share the two cores and skew whatever is measured meanwhile; this says
+    how much, directly, rather than as core time left unexplained.
+    """
+
+    ours: set[int]
+    _wall: float = 0.0
+    _before: dict[int, int] | None = None
+
+    def start(self) -> None:
+        self._wall = time.monotonic()
+        self._before = other_programs_ticks(self.ours)
+
+    def stop(self) -> float:
+        """Percent of one core."""
+        assert self._before is not None
+        wall = time.monotonic() - self._wall
+        before = self._before
+        spent = sum(t - before.get(pid, 0) for pid, t in other_programs_ticks(self.ours).items())
+        return round(100 * spent / _TICKS / wall, 1)

@@ -125,14 +125,12 @@ class Device:
         device_id: str,
         *,
         hr_share: float = 0.0,
-        reply_timeout: float = REPLY_TIMEOUT_S,
     ) -> None:
         self.url = url
         self.token = token
         self.device_id = device_id
         self.hr_share = hr_share
         """Fraction of events that are heart-rate batches; the rest are sets."""
-        self.reply_timeout = reply_timeout
         self._rng = random.Random(device_id)
         self._ws: ClientConnection | None = None
         self._command_id = 0
@@ -265,7 +263,7 @@ class Device:
         self._command_id += 1
         command_id = self._command_id
         await ws.send(orjson.dumps({"id": command_id, method: body}), text=True)
-        async with asyncio.timeout(self.reply_timeout):
+        async with asyncio.timeout(REPLY_TIMEOUT_S):
             reply = await self._reply(command_id)
         error = reply.get("error")
         if error is not None:
