@@ -6,6 +6,7 @@ through the `Application` and `Broker` interfaces.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -81,4 +82,13 @@ def uvicorn_config(settings: Settings, app: Starlette, **extra: Any) -> uvicorn.
 
 
 def serve(settings: Settings) -> None:
+    tune_garbage_collector()
     uvicorn.Server(uvicorn_config(settings, create_app(settings))).run()
+
+
+def tune_garbage_collector() -> None:
+    """Collect young objects less often: a node holds long-lived channel history, and every
+    full collection walks all of it, pausing the event loop (measured: 100-150 ms pauses about
+    once a second under ingest load with the default threshold of 700)."""
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
