@@ -10,6 +10,7 @@ constraint enforces it, whichever node the retry lands on).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ from hub.protocol.codes import ReplyError
 from hub.rules import ChannelOptions, ChannelRule, Principal
 from models import queries
 from models.event_writer import SessionEvent
+
+log = logging.getLogger("channels.session")
 
 
 def channel_of(session_id: str) -> str:
@@ -64,7 +67,8 @@ class SessionRule(ChannelRule):
         )
         try:
             outcome = await self.ctx.writer.submit(submitted)
-        except Exception:
+        except Exception:  # whatever the driver raised, the device retries the same event
+            log.warning("could not store event %s of %s", event_id, owner, exc_info=True)
             raise ReplyError(DATABASE_UNAVAILABLE) from None
         if outcome.status == "inactive":
             raise deny("session is not active")

@@ -31,9 +31,7 @@ async def unlinked(ctx: Context, trainer_id: str, client_id: str) -> None:
     """The link is gone: unsubscribe the trainer from the client's coach and session channels."""
     for channel in ctx.hub.user_channels(trainer_id):
         namespace, _, channel_id = channel.partition(":")
-        if namespace == "coach" and channel_id == client_id:
-            await ctx.hub.unsubscribe_user(trainer_id, channel)
-        elif namespace == "session" and await ctx.session_owner(channel_id) == client_id:
+        if namespace == "coach" and channel_id == client_id or namespace == "session" and await ctx.session_owner(channel_id) == client_id:
             await ctx.hub.unsubscribe_user(trainer_id, channel)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -18,10 +18,10 @@ cli = typer.Typer(add_completion=False, no_args_is_help=True,
 
 @cli.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Listen address [HUB_HOST]")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Listen port [HUB_PORT, PORT]")] = None,
-    database_url: Annotated[Optional[str], typer.Option(help="[HUB_DATABASE_URL]")] = None,
-    redis_url: Annotated[Optional[str], typer.Option(help="[HUB_REDIS_URL]")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address [HUB_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port [HUB_PORT, PORT]")] = None,
+    database_url: Annotated[str | None, typer.Option(help="[HUB_DATABASE_URL]")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="[HUB_REDIS_URL]")] = None,
 ) -> None:
     """Run the hub. Flags override the environment."""
     from hub.app import serve as run
@@ -52,7 +52,7 @@ def _print_dev_banner(settings: Settings) -> None:
 def token(
     sub: Annotated[str, typer.Option(help="User id (the athlete a device acts for)")],
     role: Annotated[str, typer.Option(help="athlete, trainer, device or admin")] = "athlete",
-    device: Annotated[Optional[str], typer.Option(help="Device id, for role device")] = None,
+    device: Annotated[str | None, typer.Option(help="Device id, for role device")] = None,
     ttl: Annotated[int, typer.Option(help="Seconds until the token expires")] = 3600,
 ) -> None:
     """Mint an HS256 token with HUB_JWT_SECRET."""

@@ -56,9 +56,25 @@ class Transport(Protocol):
 
 
 class Client:
-    __slots__ = ("node", "transport", "codec", "codec_index", "opcode", "id", "state",
-                 "identity", "principal", "subs", "_queue", "_task", "_timer", "_awaiting_pong",
-                 "_tokens", "_tokens_at", "_expiry_timer")
+    __slots__ = (
+        "_awaiting_pong",
+        "_expiry_timer",
+        "_queue",
+        "_task",
+        "_timer",
+        "_tokens",
+        "_tokens_at",
+        "codec",
+        "codec_index",
+        "id",
+        "identity",
+        "node",
+        "opcode",
+        "principal",
+        "state",
+        "subs",
+        "transport",
+    )
 
     def __init__(self, node: Node, transport: Transport, codec_index: int, codec: Codec) -> None:
         self.node = node
@@ -121,7 +137,8 @@ class Client:
     def _refuse_rate(self, command: Message) -> None:
         command_id = command.get("id")
         method = _method_of(command)
-        self.node.metrics.commands.labels(method or "unknown", "rate_limited").inc()
+        label = method if method in _HANDLERS else "unknown"  # bounded label values only
+        self.node.metrics.command(label, "rate_limited").inc()
         if command_id:
             self.send(messages.error_reply(command_id, ErrorCode.TOO_MANY_REQUESTS))
 
@@ -148,27 +165,27 @@ class Client:
             return
         handler = _HANDLERS.get(method)
         if handler is None:
-            self._answer_error(command_id, method, ErrorCode.METHOD_NOT_FOUND)
+            self._answer_error(command_id, "unknown", ErrorCode.METHOD_NOT_FOUND)
             return
         try:
             result = await handler(self, command.get(method) or {})
         except ReplyError as exc:
             self._answer_error(command_id, method, exc.error)
         except DisconnectError as exc:
-            self.node.metrics.commands.labels(method, "disconnect").inc()
+            self.node.metrics.command(method, "disconnect").inc()
             self.close(exc.disconnect)
         except Exception:
             log.exception("command %s from client %s failed", method, self.id)
             self._answer_error(command_id, method, ErrorCode.INTERNAL)
         else:
-            self.node.metrics.commands.labels(method, "ok").inc()
+            self.node.metrics.command(method, "ok").inc()
             if result is not None:
                 self.send(messages.reply(command_id, method, result))
                 if method in ("subscribe", "connect"):
                     self._release_parked()
 
     def _answer_error(self, command_id: Any, method: str, error: Any) -> None:
-        self.node.metrics.commands.labels(method, f"error_{error.code}").inc()
+        self.node.metrics.command(method, f"error_{error.code}").inc()
         if command_id:
             self.send(messages.error_reply(command_id, error))
 
@@ -412,7 +429,6 @@ class Client:
 
     async def _send(self, body: Message) -> None:
         """Asynchronous messages have no use in FitSync: accepted, counted and ignored."""
-        return None
 
     async def _ping_command(self, body: Message) -> Message:
         raise ReplyError(ErrorCode.NOT_AVAILABLE)

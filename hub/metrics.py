@@ -29,8 +29,17 @@ class Metrics:
             "fitsync_disconnects", "Connections closed by the server, by code", ["code"],
             registry=r,
         )
+        self._command_children: dict[tuple[str, str], Counter] = {}
         self.dropped = Counter(
             "fitsync_dropped_messages",
             "Messages that did not reach a client because it was cut as slow",
             registry=r,
         )
+
+    def command(self, method: str, result: str) -> Counter:
+        """The per-(method, result) child, looked up once: `labels()` takes a lock and builds
+        a key on every call, and this runs for every command."""
+        child = self._command_children.get((method, result))
+        if child is None:
+            child = self._command_children[(method, result)] = self.commands.labels(method, result)
+        return child

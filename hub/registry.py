@@ -18,7 +18,7 @@ class Subscription:
     exactly once, in order (the reference server's pubSubSync).
     """
 
-    __slots__ = ("client", "channel", "pending", "floor", "expiry")
+    __slots__ = ("channel", "client", "expiry", "floor", "pending")
 
     def __init__(self, client: Client, channel: str) -> None:
         self.client = client

@@ -39,7 +39,7 @@ def ws_frame(opcode: int, payload: bytes) -> bytes:
 class Outbound:
     """One encoded reply or push, and its frame built on first use."""
 
-    __slots__ = ("message", "opcode", "_frame")
+    __slots__ = ("_frame", "message", "opcode")
 
     def __init__(self, message: bytes, opcode: int) -> None:
         self.message = message
@@ -74,8 +74,18 @@ class Flusher:
 class Writer:
     """The queue in front of one socket. `join` is the codec's way of batching messages."""
 
-    __slots__ = ("_transport", "_flusher", "_join", "_limit", "_on_slow", "_pending",
-                 "_pending_bytes", "_paused", "_marked", "closed")
+    __slots__ = (
+        "_flusher",
+        "_join",
+        "_limit",
+        "_marked",
+        "_on_slow",
+        "_paused",
+        "_pending",
+        "_pending_bytes",
+        "_transport",
+        "closed",
+    )
 
     def __init__(
         self,

@@ -3,7 +3,7 @@ from tests.harness import RunningHub, eventually
 
 
 async def test_sdk_connects_and_gets_its_user_channel(hub: RunningHub, connect: ConnectClient) -> None:
-    client, events = await connect("u1")
+    _client, events = await connect("u1")
     await eventually(lambda: events.named("subscribed"))
     assert events.named("subscribed")[0].channel == "user:u1"
     async with hub.api() as api:
