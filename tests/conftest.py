@@ -11,7 +11,7 @@ import pytest
 
 from tests.harness import Recorder, RunningHub, start_hub, test_settings
 
-pytest_plugins = ["tests.db_fixtures"]
+pytest_plugins = ["tests.db_fixtures", "tests.raw"]
 
 ConnectClient = Callable[..., Awaitable[tuple[centrifuge.Client, Recorder]]]
 

@@ -20,34 +20,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from hub.protocol.codec import put_uvarint as uvarint
+from hub.protocol.codec import split_uvarint_stream as split_uvarint
 from tests.harness import Recorder, RunningHub
 
 Message = dict[str, Any]
-
-
-def uvarint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def split_uvarint(payload: bytes) -> list[bytes]:
-    parts, pos = [], 0
-    while pos < len(payload):
-        length = shift = 0
-        while True:
-            byte = payload[pos]
-            pos += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        parts.append(payload[pos : pos + length])
-        pos += length
-    return parts
 
 
 class RawClient:

@@ -11,12 +11,10 @@ import pytest
 
 from tests.conftest import ConnectClient
 from tests.harness import SECRET, RunningHub, eventually
-from tests.raw import (  # noqa: F401  (fixtures raw, sdk)
+from tests.raw import (
     MakeHub,
     OpenRaw,
     OpenSdk,
-    raw_fixture,
-    sdk_fixture,
 )
 
 OTHER_SECRET = "another-secret-0123456789abcdef-0123"

@@ -14,14 +14,12 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
 from tests.harness import Recorder, RunningHub, eventually
-from tests.raw import (  # noqa: F401  (fixtures raw, sdk)
+from tests.raw import (
     MakeHub,
     OpenRaw,
     OpenSdk,
     RawClient,
     data_of,
-    raw_fixture,
-    sdk_fixture,
     split_uvarint,
     uvarint,
 )

@@ -12,12 +12,10 @@ import pytest
 from hub.protocol.codes import DisconnectCode
 from tests.conftest import ConnectClient
 from tests.harness import Recorder, RunningHub, eventually
-from tests.raw import (  # noqa: F401  (fixtures raw, sdk)
+from tests.raw import (
     OpenRaw,
     OpenSdk,
     RawClient,
-    raw_fixture,
-    sdk_fixture,
 )
 
 

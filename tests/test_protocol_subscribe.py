@@ -12,13 +12,11 @@ import pytest
 
 from tests.conftest import ConnectClient
 from tests.harness import SECRET, Recorder, RunningHub, eventually
-from tests.raw import (  # noqa: F401  (fixtures raw, sdk)
+from tests.raw import (
     MakeHub,
     OpenRaw,
     OpenSdk,
     RawClient,
-    raw_fixture,
-    sdk_fixture,
 )
 
 

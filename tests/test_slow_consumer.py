@@ -8,13 +8,11 @@ import asyncio
 from hub.client import Client
 from hub.writer import Writer
 from tests.harness import Recorder, RunningHub, eventually
-from tests.raw import (  # noqa: F401  (fixtures raw, sdk)
+from tests.raw import (
     MakeHub,
     OpenRaw,
     OpenSdk,
     RawClient,
-    raw_fixture,
-    sdk_fixture,
 )
 
 LIMIT = 256 * 1024
