@@ -39,6 +39,8 @@ POSTGRES_POOL_SIZE = 10
 POSTGRES_CONNECT_TIMEOUT_S = 5.0
 """Bounds every new connection when the server is unreachable (asyncpg would wait 60 s)."""
 PING_TIMEOUT_S = 5.0
+POSTGRES_APPLICATION_NAME = "fitsync-hub"
+"""How the hub's connections show in `pg_stat_activity`."""
 
 _MIGRATION_LOCK_KEY = 0x46495453594E43
 """pg_advisory_xact_lock key ("FITSYNC") serialising migrations of concurrently starting nodes."""
@@ -71,6 +73,19 @@ def normalize_url(url: str | None, sqlite_path: str = "fitsync.db") -> str:
     if scheme in ("postgresql+asyncpg", "sqlite+aiosqlite"):
         return url
     raise ValueError(f"unsupported database URL {scheme}://…; use sqlite:// or postgresql://")
+
+
+def libpq_url(url: str) -> str:
+    """The `postgresql://` spelling of a normalized PostgreSQL URL, for connecting with asyncpg
+    directly: it reads libpq's `sslmode` from the URL, not the `ssl` SQLAlchemy hands it."""
+    scheme, _, rest = url.partition("://")
+    if scheme != "postgresql+asyncpg":
+        raise ValueError(f"not a normalized PostgreSQL URL: {scheme}://…")
+    location, qmark, query = rest.partition("?")
+    params = "&".join(
+        "sslmode=" + p.removeprefix("ssl=") if p.startswith("ssl=") else p for p in query.split("&")
+    )
+    return f"postgresql://{location}{qmark}{params}"
 
 
 def alembic_config(connection: Connection) -> Config:
@@ -118,7 +133,7 @@ class Database:
                 pool_pre_ping=True,
                 connect_args={
                     "timeout": POSTGRES_CONNECT_TIMEOUT_S,
-                    "server_settings": {"application_name": "fitsync-hub"},
+                    "server_settings": {"application_name": POSTGRES_APPLICATION_NAME},
                 },
             )
             self._write_engine = engine

@@ -2,10 +2,14 @@
 
 A device's publish is acknowledged only once its event is committed, so the commit is on the
 hot path of every set and heart-rate batch. Committing each event on its own would cost a
-transaction (and on SQLite an fsync) per event; instead `submit()` queues the event and one
+transaction (and on SQLite an fsync) per event; instead `submit()` queues the event and a
 background task commits everything queued so far in a single transaction, then resolves the
 waiting futures. While a batch commits the next one accumulates, so under load batches grow
 and the number of transactions stays low, and an idle writer commits a lone event at once.
+
+On PostgreSQL (`models.event_writer_pg`) up to two batches are in flight, on two dedicated
+connections: the next batch is sent while the previous one commits. SQLite has one writer,
+so there batches go one at a time through SQLAlchemy (below).
 
 Guarantees, per batch (one transaction):
 * Atomic: events, their heart-rate samples and the sessions' running totals are committed
@@ -19,183 +23,162 @@ Guarantees, per batch (one transaction):
 
 Callers authorize and validate events first; the writer only checks that the session is
 active and belongs to the event's user (otherwise `inactive`, unless the event is already
-stored: then it is a retry and `duplicate`).
+stored: then it is a retry and `duplicate`). The rules are in `models.event_batch`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
-from sqlalchemy import (
-    Column,
-    Insert,
-    Select,
-    String,
-    Table,
-    any_,
-    bindparam,
-    func,
-    select,
-    tuple_,
-    update,
-)
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models.db import Database
-from models.queries import avg_bpm, round_volume
+from models.event_batch import TOTALS_COLUMNS, EventOutcome, SessionEvent, Totals, triage
+from models.event_writer_pg import PostgresBatches
 from models.tables import heart_rate_samples, session_events, workout_sessions
 
+__all__ = ["EventOutcome", "EventWriter", "SessionEvent"]
+
 _SET_FIELDS = ("exercise", "reps", "weight_kg", "rpe", "duration_s", "ts")
-_EVENT_COLUMNS = ("session_id", "user_id", "event_id", "kind", "device", "server_ts", *_SET_FIELDS)
-_SAMPLE_COLUMNS = ("event_pk", "session_id", "ts_ms", "bpm")
+
+_Pending = tuple[SessionEvent, "asyncio.Future[EventOutcome]"]
 
 
-@dataclass(slots=True)
-class SessionEvent:
-    """A validated client event. `fields` holds a set's fields (exercise, reps, weight_kg,
-    and rpe, duration_s, ts when sent); `samples` holds an hr event's `(ts_ms, bpm)` pairs."""
+class Batches(Protocol):
+    """How a backend commits batches: `depth` of them may be in flight at once."""
 
-    session_id: str
-    user_id: str
-    event_id: str
-    kind: Literal["set", "hr"]
-    device: str | None
-    server_ts: int
-    fields: dict[str, Any] = field(default_factory=dict)
-    samples: list[tuple[int, int]] = field(default_factory=list)
+    depth: int
 
+    def ready(self) -> bool:
+        """Whether to start another batch now (given fewer than `depth` are in flight)."""
+        ...
 
-@dataclass(slots=True)
-class EventOutcome:
-    """`stored` events carry the session's running stats after them; the others carry None."""
+    def commit(self, events: list[SessionEvent]) -> Coroutine[Any, Any, list[EventOutcome]]:
+        """The transaction storing the batch, to await; the outcomes are in `events` order.
+        Called in submission order, before the previous batch finished when `depth` > 1."""
+        ...
 
-    status: Literal["stored", "duplicate", "inactive"]
-    stats: dict[str, Any] | None = None
+    async def close(self) -> None: ...
 
 
-_DUPLICATE = EventOutcome("duplicate")
-_INACTIVE = EventOutcome("inactive")
+class SqliteBatches:
+    """SQLite: one batch at a time (the file has one writer) through SQLAlchemy Core, in a
+    `BEGIN IMMEDIATE` transaction from `Database.write()`."""
 
+    depth = 1
 
-@dataclass(slots=True)
-class _Totals:
-    """A locked session row's running totals, advanced event by event within a batch."""
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        ws, se = workout_sessions, session_events
+        self._lock_sessions = (
+            select(ws.c.id, *(ws.c[name] for name in TOTALS_COLUMNS))
+            .where(ws.c.id.in_(bindparam("ids", expanding=True)), ws.c.status == "active")
+            .order_by(ws.c.id)
+        )
+        self._insert_events = (
+            sqlite.insert(se)
+            .on_conflict_do_nothing(index_elements=[se.c.user_id, se.c.event_id])
+            .returning(se.c.id, se.c.user_id, se.c.event_id)
+        )
+        self._update_totals = (
+            update(ws)
+            .where(ws.c.id == bindparam("b_id"))
+            .values({name: bindparam(f"b_{name}") for name in TOTALS_COLUMNS[1:]})
+        )
 
-    user_id: str
-    sets: int
-    reps: int
-    volume_kg: float
-    hr_count: int
-    hr_sum: int
-    max_bpm: int | None
-    changed: bool = False
+    def ready(self) -> bool:
+        return True
 
-    def add(self, event: SessionEvent) -> dict[str, Any]:
-        self.changed = True
-        if event.kind == "set":
-            reps = int(event.fields["reps"])
-            self.sets += 1
-            self.reps += reps
-            self.volume_kg += reps * float(event.fields["weight_kg"])
-        else:
-            bpms = [bpm for _, bpm in event.samples]
-            if bpms:
-                self.hr_count += len(bpms)
-                self.hr_sum += sum(bpms)
-                top = max(bpms)
-                self.max_bpm = top if self.max_bpm is None else max(self.max_bpm, top)
-        stats: dict[str, Any] = {
-            "sets": self.sets,
-            "reps": self.reps,
-            "volume_kg": round_volume(self.volume_kg),
+    async def commit(self, events: list[SessionEvent]) -> list[EventOutcome]:
+        async with self._db.write() as conn:
+            return await self._write(conn, events)
+
+    async def close(self) -> None:
+        """Nothing to release: connections belong to the Database's pool."""
+
+    async def _write(self, conn: AsyncConnection, events: list[SessionEvent]) -> list[EventOutcome]:
+        ids = sorted({e.session_id for e in events})
+        totals = {
+            row.id: Totals(*row[1:])
+            for row in await conn.execute(self._lock_sessions, {"ids": ids})
         }
-        if event.kind == "hr":
-            stats["avg_bpm"] = avg_bpm(self.hr_sum, self.hr_count)
-            stats["max_bpm"] = self.max_bpm
-        return stats
+        batch = triage(events, totals)
+        if batch.refused:
+            keys = batch.refused_keys(events)
+            stored: set[tuple[str, str]] = set()
+            if keys:
+                se = session_events
+                stmt = select(se.c.user_id, se.c.event_id).where(
+                    tuple_(se.c.user_id, se.c.event_id).in_(keys)
+                )
+                stored.update((r.user_id, r.event_id) for r in await conn.execute(stmt))
+            batch.settle_refused(events, stored)
+        if not batch.candidates:
+            return batch.outcomes
+
+        rows = []
+        for i in batch.candidates:
+            event = events[i]
+            row = {
+                "session_id": event.session_id,
+                "user_id": event.user_id,
+                "event_id": event.event_id,
+                "kind": event.kind,
+                "device": event.device,
+                "server_ts": event.server_ts,
+            }
+            for name in _SET_FIELDS:
+                row[name] = event.fields.get(name)
+            rows.append(row)
+        result = await conn.execute(self._insert_events, rows)
+        inserted = {(r.user_id, r.event_id): r.id for r in result}
+
+        samples = []
+        for i in batch.candidates:
+            event = events[i]
+            pk = inserted.get((event.user_id, event.event_id))
+            if pk is None:
+                continue
+            batch.outcomes[i] = EventOutcome("stored", totals[event.session_id].add(event))
+            samples.extend(
+                {"event_pk": pk, "session_id": event.session_id, "ts_ms": ts, "bpm": bpm}
+                for ts, bpm in event.samples
+            )
+        if samples:
+            await conn.execute(heart_rate_samples.insert(), samples)
+
+        changed = [
+            {"b_id": session_id, **dict(zip(_UPDATE_PARAMS, t.values(), strict=True))}
+            for session_id, t in totals.items()
+            if t.changed
+        ]
+        if changed:
+            await conn.execute(self._update_totals, changed)
+        return batch.outcomes
 
 
-_TOTALS_COLUMNS = ("user_id", "sets", "reps", "volume_kg", "hr_count", "hr_sum", "max_bpm")
-"""Read from the locked session row, in `_Totals` field order."""
-
-_UPDATE_TOTALS = (
-    update(workout_sessions)
-    .where(workout_sessions.c.id == bindparam("b_id"))
-    .values({name: bindparam(f"b_{name}") for name in _TOTALS_COLUMNS[1:]})
-)
-
-
-def _lock_sessions(dialect: str) -> Select[Any]:
-    """Lock the active ones among the batch's sessions, in id order (no deadlock between
-    nodes locking overlapping sets). PostgreSQL takes the ids as one array so the statement
-    text, and its prepared plan, is the same for every batch."""
-    ws = workout_sessions
-    if dialect == "postgresql":
-        matches = ws.c.id == any_(bindparam("ids", type_=postgresql.ARRAY(String)))
-    else:
-        matches = ws.c.id.in_(bindparam("ids", expanding=True))
-    return (
-        select(ws.c.id, *(ws.c[name] for name in _TOTALS_COLUMNS))
-        .where(matches, ws.c.status == "active")
-        .order_by(ws.c.id)
-        .with_for_update()
-    )
-
-
-def _unnest_insert(table: Table, names: tuple[str, ...]) -> postgresql.Insert:
-    """PostgreSQL: `INSERT … SELECT FROM unnest(<one array per column>)`.
-
-    Any number of rows goes in one statement and one round trip, and the statement text does
-    not depend on the row count, so asyncpg prepares it once (a multi-row VALUES list would be
-    a new statement for every batch size).
-    """
-    columns: list[Column[Any]] = [table.c[name] for name in names]
-    arrays = [bindparam(c.name, type_=postgresql.ARRAY(c.type)) for c in columns]
-    rows = func.unnest(*arrays).table_valued(*names).render_derived()
-    return postgresql.insert(table).from_select(list(names), select(*rows.c))
-
-
-def _columnar(rows: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, list[Any]]:
-    return {name: [row[name] for row in rows] for name in names}
-
-
-def _rowwise(rows: list[dict[str, Any]], names: tuple[str, ...]) -> list[dict[str, Any]]:
-    return rows
+_UPDATE_PARAMS = tuple(f"b_{name}" for name in TOTALS_COLUMNS[1:])
 
 
 class EventWriter:
     """One per node. `start()` it, `submit()` from any number of tasks, `close()` to drain."""
 
     def __init__(self, db: Database, max_batch: int = 500) -> None:
-        self._db = db
         self._max_batch = max_batch
-        self._queue: deque[tuple[SessionEvent, asyncio.Future[EventOutcome]]] = deque()
+        self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
+        self._batches: Batches = (
+            PostgresBatches(db, wake=self._wakeup.set)
+            if db.dialect == "postgresql"
+            else SqliteBatches(db)
+        )
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        # PostgreSQL gets whole columns as arrays (one round trip per table); SQLite, which
-        # runs in-process, gets an executemany of rows.
-        se = session_events
-        insert_events: postgresql.Insert | sqlite.Insert
-        self._insert_samples: Insert
-        self._params: Callable[[list[dict[str, Any]], tuple[str, ...]], Any]
-        if db.dialect == "postgresql":
-            insert_events = _unnest_insert(se, _EVENT_COLUMNS)
-            self._insert_samples = _unnest_insert(heart_rate_samples, _SAMPLE_COLUMNS)
-            self._params = _columnar
-        else:
-            insert_events = sqlite.insert(se)
-            self._insert_samples = heart_rate_samples.insert()
-            self._params = _rowwise
-        self._insert_events = insert_events.on_conflict_do_nothing(
-            index_elements=[se.c.user_id, se.c.event_id]
-        ).returning(se.c.id, se.c.user_id, se.c.event_id)
-        self._lock_sessions = _lock_sessions(db.dialect)
         self.batches_committed = 0
         """Transactions committed so far: with `events_committed`, shows how well commits group."""
         self.events_committed = 0
@@ -205,11 +188,14 @@ class EventWriter:
             self._task = asyncio.create_task(self._run(), name="event-writer")
 
     async def close(self) -> None:
-        """Refuse new events, commit every queued one, then stop."""
+        """Refuse new events, commit every queued one, then stop and release connections."""
         self._closing = True
         self._wakeup.set()
-        if self._task is not None:
-            await self._task
+        try:
+            if self._task is not None:
+                await self._task
+        finally:
+            await self._batches.close()
 
     async def submit(self, event: SessionEvent) -> EventOutcome:
         """Queue the event and wait until its batch is committed.
@@ -225,127 +211,60 @@ class EventWriter:
         return await future
 
     async def _run(self) -> None:
-        batch: list[tuple[SessionEvent, asyncio.Future[EventOutcome]]] = []
+        """Start a batch of everything queued (up to `max_batch`) whenever fewer than the
+        backend's `depth` are in flight and it is `ready()`; return once closing and nothing
+        is left."""
+        in_flight: set[asyncio.Task[None]] = set()
+        batches = self._batches
+
+        def finished(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            self._wakeup.set()
+
         try:
             while True:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
+                if self._queue and len(in_flight) < batches.depth and batches.ready():
+                    count = min(len(self._queue), self._max_batch)
+                    batch = [self._queue.popleft() for _ in range(count)]
+                    transaction = batches.commit([event for event, _ in batch])
+                    task = asyncio.create_task(self._settle(batch, transaction), name="event-batch")
+                    in_flight.add(task)
+                    task.add_done_callback(finished)
                     continue
-                batch = [
-                    self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))
-                ]
-                try:
-                    outcomes = await self._commit([event for event, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - whatever failed, the callers must hear
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                else:
-                    self.batches_committed += 1
-                    self.events_committed += sum(o.status == "stored" for o in outcomes)
-                    for (_, future), outcome in zip(batch, outcomes, strict=True):
-                        if not future.done():
-                            future.set_result(outcome)
-                batch = []
+                if self._closing and not self._queue and not in_flight:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
         finally:
-            stopped = RuntimeError("the event writer stopped")
-            for _, future in [*batch, *self._queue]:
-                if not future.done():
-                    future.set_exception(stopped)
+            _fail(self._queue)
             self._queue.clear()
 
-    async def _commit(self, events: list[SessionEvent]) -> list[EventOutcome]:
-        async with self._db.write() as conn:
-            return await self._write_batch(conn, events)
-
-    async def _refuse(
+    async def _settle(
         self,
-        conn: AsyncConnection,
-        events: list[SessionEvent],
-        refused: list[int],
-        seen: set[tuple[str, str]],
-        outcomes: list[EventOutcome],
+        batch: list[_Pending],
+        transaction: Coroutine[Any, Any, list[EventOutcome]],
     ) -> None:
-        """Events for a session that is not (or no longer) theirs to write are `inactive`,
-        unless the event itself is already stored: a device retrying an event whose
-        acknowledgement was lost, after the session ended, is acknowledged again."""
-        keys = {(events[i].user_id, events[i].event_id) for i in refused} - seen
-        stored = set(seen)
-        if keys:
-            se = session_events
-            stmt = select(se.c.user_id, se.c.event_id).where(
-                tuple_(se.c.user_id, se.c.event_id).in_(sorted(keys))
-            )
-            stored.update((r.user_id, r.event_id) for r in await conn.execute(stmt))
-        for i in refused:
-            if (events[i].user_id, events[i].event_id) not in stored:
-                outcomes[i] = _INACTIVE
+        """Await the batch's transaction and resolve its futures: outcomes, or the error for
+        all of them."""
+        try:
+            outcomes = await transaction
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the callers must hear
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            self.batches_committed += 1
+            self.events_committed += sum(o.status == "stored" for o in outcomes)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+        finally:
+            _fail(batch)
 
-    async def _write_batch(
-        self, conn: AsyncConnection, events: list[SessionEvent]
-    ) -> list[EventOutcome]:
-        ids = sorted({e.session_id for e in events})
-        totals = {
-            row.id: _Totals(*row[1:])
-            for row in await conn.execute(self._lock_sessions, {"ids": ids})
-        }
 
-        # Every event ends up stored, inactive or (the default) a duplicate.
-        outcomes = [_DUPLICATE] * len(events)
-        candidates: list[int] = []
-        refused: list[int] = []
-        seen: set[tuple[str, str]] = set()
-        for i, event in enumerate(events):
-            session = totals.get(event.session_id)
-            if session is None or session.user_id != event.user_id:
-                refused.append(i)
-            elif (event.user_id, event.event_id) not in seen:
-                seen.add((event.user_id, event.event_id))
-                candidates.append(i)
-        if refused:
-            await self._refuse(conn, events, refused, seen, outcomes)
-        if not candidates:
-            return outcomes
-
-        rows = []
-        for i in candidates:
-            event = events[i]
-            row = {
-                "session_id": event.session_id,
-                "user_id": event.user_id,
-                "event_id": event.event_id,
-                "kind": event.kind,
-                "device": event.device,
-                "server_ts": event.server_ts,
-            }
-            for name in _SET_FIELDS:
-                row[name] = event.fields.get(name)
-            rows.append(row)
-        result = await conn.execute(self._insert_events, self._params(rows, _EVENT_COLUMNS))
-        inserted = {(r.user_id, r.event_id): r.id for r in result}
-
-        samples = []
-        for i in candidates:
-            event = events[i]
-            pk = inserted.get((event.user_id, event.event_id))
-            if pk is None:
-                continue
-            outcomes[i] = EventOutcome("stored", totals[event.session_id].add(event))
-            samples.extend(
-                {"event_pk": pk, "session_id": event.session_id, "ts_ms": ts, "bpm": bpm}
-                for ts, bpm in event.samples
-            )
-        if samples:
-            await conn.execute(self._insert_samples, self._params(samples, _SAMPLE_COLUMNS))
-
-        changed = [
-            {"b_id": session_id, **{f"b_{name}": getattr(t, name) for name in _TOTALS_COLUMNS[1:]}}
-            for session_id, t in totals.items()
-            if t.changed
-        ]
-        if changed:
-            await conn.execute(_UPDATE_TOTALS, changed)
-        return outcomes
+def _fail(pending: deque[_Pending] | list[_Pending]) -> None:
+    """Fail the futures nobody will resolve any more (the writer was cancelled)."""
+    stopped = RuntimeError("the event writer stopped")
+    for _, future in pending:
+        if not future.done():
+            future.set_exception(stopped)
