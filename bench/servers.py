@@ -94,15 +94,18 @@ def start_baseline(core: int) -> ServerProcess:
     return _launch("baseline", pinned(command, core), port, dict(os.environ))
 
 
-def start_hub(core: int, database_url: str | None = None) -> ServerProcess:
+def start_hub(
+    core: int, database_url: str | None = None, settings: dict[str, str] | None = None
+) -> ServerProcess:
     """The hub with fresh secrets and no Redis; storage is `database_url`, by default SQLite
-    in a temp dir."""
+    in a temp dir. `settings` are further `HUB_*` variables."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
     secret, api_key = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
     env.update(HUB_JWT_SECRET=secret, HUB_API_KEY=api_key)
     if database_url:
         env["HUB_DATABASE_URL"] = database_url
+    env.update(settings or {})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port)]
     server = _launch("hub", pinned(command, core), port, env)

@@ -26,14 +26,20 @@ def validate(event: dict[str, Any]) -> dict[str, Any]:
 
 def event_id(event: dict[str, Any]) -> str:
     value = event.get("event_id")
-    if not isinstance(value, str) or not 1 <= len(value) <= _MAX_EVENT_ID:
+    if not _is_text(value, _MAX_EVENT_ID):
         raise bad_request(f"event_id: must be a string of 1 to {_MAX_EVENT_ID} characters")
     return value
 
 
+def _is_text(value: Any, longest: int) -> bool:
+    """A non-empty string PostgreSQL can store: no NUL character, which would fail the whole
+    batch of events it is committed with, every time it is retried."""
+    return isinstance(value, str) and 1 <= len(value) <= longest and "\x00" not in value
+
+
 def _set_fields(event: dict[str, Any]) -> dict[str, Any]:
     exercise = event.get("exercise")
-    if not isinstance(exercise, str) or not 1 <= len(exercise) <= 64:
+    if not _is_text(exercise, 64):
         raise bad_request("exercise: must be a string of 1 to 64 characters")
     fields: dict[str, Any] = {
         "exercise": exercise,

@@ -101,6 +101,13 @@ class Totals:
         """The columns to write back, in `TOTALS_COLUMNS[1:]` order."""
         return self.sets, self.reps, self.volume_kg, self.hr_count, self.hr_sum, self.max_bpm
 
+    def row(self, session_id: str) -> dict[str, Any]:
+        """The session's columns to write back, by name, with its id."""
+        return {
+            "id": session_id, "sets": self.sets, "reps": self.reps, "volume_kg": self.volume_kg,
+            "hr_count": self.hr_count, "hr_sum": self.hr_sum, "max_bpm": self.max_bpm,
+        }
+
 
 @dataclass(slots=True)
 class Triage:

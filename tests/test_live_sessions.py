@@ -189,6 +189,9 @@ INVALID_EVENTS: list[tuple[str, Any, str]] = [
     ("missing_event_id", {"type": "set", "exercise": "row", "reps": 5, "weight_kg": 20},
      "event_id"),
     ("empty_event_id", a_set(""), "event_id"),
+    # PostgreSQL cannot store NUL: accepted, it would fail every batch it is committed with.
+    ("nul_in_event_id", a_set("a\x00b"), "event_id"),
+    ("nul_in_exercise", a_set("x", exercise="row\x00"), "exercise"),
     ("array_data", [a_set("x")], "event"),
     ("string_data", "set x", "event"),
 ]
