@@ -27,9 +27,9 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import orjson
@@ -47,13 +47,12 @@ from simulator.device import (
     REPLY_TIMEOUT_S,
     set_event,
 )
-from simulator.fleet import CONNECT_CONCURRENCY, TokenSource
+from simulator.fleet import CONNECT_CONCURRENCY, TokenSource, bounded
 
 CLIENT_NAME = "fitsync-bench"
 STALL_CHECK_S = 1.0
 """How often a run looks for devices whose reply is overdue (`REPLY_TIMEOUT_S`)."""
 
-T = TypeVar("T")
 Reply = dict[str, Any]
 
 
@@ -307,9 +306,9 @@ class LeanFleet:
     async def open(self) -> None:
         """Connect every device, then have each athlete's first device start the session."""
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-        await _bounded(gate, (d.connect(self._host, self._port, self._path) for d in self.devices))
+        await bounded(gate, (d.connect(self._host, self._port, self._path) for d in self.devices))
         leads = self.devices[:: self.devices_per_athlete]
-        self.sessions = await _bounded(gate, (lead.start_session(self.title) for lead in leads))
+        self.sessions = await bounded(gate, (lead.start_session(self.title) for lead in leads))
 
     async def run(
         self, *, count: int | None = None, rate: float = 0.0, seconds: float | None = None
@@ -348,16 +347,6 @@ class LeanFleet:
 
     def session_of(self, device_index: int) -> str:
         return self.sessions[device_index // self.devices_per_athlete]
-
-
-async def _bounded(gate: asyncio.Semaphore, calls: Iterable[Awaitable[T]]) -> list[T]:
-    """Await the calls with at most the gate's number in flight; results in call order."""
-
-    async def one(call: Awaitable[T]) -> T:
-        async with gate:
-            return await call
-
-    return list(await asyncio.gather(*(one(call) for call in calls)))
 
 
 def _ignore(reply: Reply) -> None:

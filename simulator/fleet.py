@@ -12,12 +12,14 @@ import asyncio
 import math
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from simulator.device import Device, DeviceReport
+
+T = TypeVar("T")
 
 TokenSource = Callable[[str, str], str]
 """(athlete id, device id) → a connection token for that device (role `device`)."""
@@ -121,8 +123,8 @@ class Fleet:
     async def open(self) -> None:
         """Connect every device, then have each athlete's first device start the session."""
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-        await _bounded(gate, (device.connect() for device in self.devices))
-        self.sessions = await _bounded(
+        await bounded(gate, (device.connect() for device in self.devices))
+        self.sessions = await bounded(
             gate, (lead.start_session(self.title) for lead in self._leads())
         )
 
@@ -154,10 +156,10 @@ class Fleet:
         return self.devices[:: self.devices_per_athlete]
 
 
-async def _bounded(gate: asyncio.Semaphore, calls: Iterable[Any]) -> list[Any]:
+async def bounded(gate: asyncio.Semaphore, calls: Iterable[Awaitable[T]]) -> list[T]:
     """Await the calls with at most the gate's number in flight; results in call order."""
 
-    async def one(call: Any) -> Any:
+    async def one(call: Awaitable[T]) -> T:
         async with gate:
             return await call
 
