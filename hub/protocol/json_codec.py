@@ -45,7 +45,10 @@ class JsonCodec(Codec):
         return commands
 
     def encode(self, message: Message) -> bytes:
-        return orjson.dumps(message, default=_embed_raw)
+        # A copy of just the encoded bytes: orjson's result holds its whole growth buffer
+        # (4 KB or more however short the message), and a lagging connection's queue, bounded
+        # by encoded length, would otherwise hold many times its limit in memory.
+        return bytes(memoryview(orjson.dumps(message, default=_embed_raw)))
 
     def join(self, parts: list[bytes]) -> bytes:
         return b"\n".join(parts)
