@@ -129,7 +129,10 @@ class Broker(ABC):
         reverse: bool = False,
         meta_ttl: float = 86400.0,
     ) -> HistoryResult:
-        """Publications after `since.offset` (or from the start), oldest first unless `reverse`.
+        """Publications after `since.offset` (or from the start), oldest first; with `reverse`,
+        the ones before `since.offset` (or from the top), newest first: a client pages back
+        through history by passing the oldest offset it has. As the reference server, a page
+        back is empty when the publication just before `since` is no longer retained.
 
         `limit` 0 returns only the current position, -1 everything retained. The position is
         the stream's top: its last offset and current epoch. Asking for a channel with no stream

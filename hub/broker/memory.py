@@ -120,6 +120,14 @@ class _Stream:
         skip = max(0, offset - first + 1)
         return [publication for _, publication in islice(self.entries, skip, None)]
 
+    def before(self, offset: int) -> list[Publication]:
+        """Retained publications with an offset less than `offset`, oldest first; none when
+        the one just below `offset` is not retained (paging back has nowhere to start)."""
+        first = self.top - len(self.entries) + 1
+        if not first <= offset - 1 <= self.top:
+            return []
+        return [publication for _, publication in islice(self.entries, offset - first)]
+
     def position(self) -> StreamPosition:
         return StreamPosition(self.top, self.epoch)
 
@@ -212,16 +220,16 @@ class MemoryBroker(Broker):
         just given does not expire under it while the channel is in use.
 
         `since.epoch` is not checked here: telling a stale epoch apart is the caller's job.
-        With `reverse`, the publications after `since` come newest first and `limit` keeps the
-        newest.
         """
         now = time.monotonic()
         self._sweep(now)
         stream = self._open_stream(channel, now, meta_ttl)
         if limit == 0:
             return HistoryResult([], stream.position())
-        publications = stream.after(since.offset if since is not None else 0)
-        if reverse:
+        if not reverse:
+            publications = stream.after(since.offset if since is not None else 0)
+        else:
+            publications = stream.before(since.offset if since is not None else stream.top + 1)
             publications.reverse()
         if limit > 0:
             del publications[limit:]

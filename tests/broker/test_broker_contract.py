@@ -262,6 +262,26 @@ async def test_history_reverse_with_limit_keeps_the_newest(broker: Broker, chann
     assert offsets(result.publications) == [5, 4]
 
 
+async def test_history_reverse_since_pages_back_from_before_since(
+    broker: Broker, channel: str
+) -> None:
+    await publish_many(broker, channel, 6, history=HistoryOptions(size=4, ttl=60.0))
+    epoch = (await broker.history(channel)).position.epoch
+
+    async def page(offset: int, limit: int) -> list[int]:
+        found = await broker.history(
+            channel, since=StreamPosition(offset, epoch), limit=limit, reverse=True
+        )
+        assert found.position == StreamPosition(6, epoch)
+        return offsets(found.publications)
+
+    assert await page(5, 2) == [4, 3]
+    assert await page(3, 2) == []  # 2 is no longer retained (size 4 keeps 3-6)
+    assert await page(7, -1) == [6, 5, 4, 3]
+    assert await page(8, -1) == []
+    assert await page(0, -1) == []
+
+
 async def test_history_size_bound_drops_the_oldest(broker: Broker, channel: str) -> None:
     await publish_many(broker, channel, 5, history=HistoryOptions(size=3, ttl=60.0))
 
