@@ -97,10 +97,6 @@ class Totals:
             "max_bpm": self.max_bpm,
         }
 
-    def values(self) -> tuple[int, int, float, int, int, int | None]:
-        """The columns to write back, in `TOTALS_COLUMNS[1:]` order."""
-        return self.sets, self.reps, self.volume_kg, self.hr_count, self.hr_sum, self.max_bpm
-
     def row(self, session_id: str) -> dict[str, Any]:
         """The session's columns to write back, by name, with its id."""
         return {

@@ -153,16 +153,13 @@ class SqliteBatches:
             await conn.execute(heart_rate_samples.insert(), samples)
 
         changed = [
-            {"b_id": session_id, **dict(zip(_UPDATE_PARAMS, t.values(), strict=True))}
+            {f"b_{name}": value for name, value in t.row(session_id).items()}
             for session_id, t in totals.items()
             if t.changed
         ]
         if changed:
             await conn.execute(self._update_totals, changed)
         return batch.outcomes
-
-
-_UPDATE_PARAMS = tuple(f"b_{name}" for name in TOTALS_COLUMNS[1:])
 
 
 class EventWriter:

@@ -297,16 +297,9 @@ def _count_stored(
         pk = inserted.get((event.user_id, event.event_id))
         if pk is None:
             continue
-        session = totals[event.session_id]
-        if event.kind == "set":
-            fields = event.fields
-            outcomes[i] = EventOutcome(
-                "stored", session.add_set(fields["reps"], fields["weight_kg"])
-            )
-        else:
-            samples.extend(
-                {"event_pk": pk, "session_id": event.session_id, "ts_ms": ts, "bpm": bpm}
-                for ts, bpm in event.samples
-            )
-            outcomes[i] = EventOutcome("stored", session.add_hr([bpm for _, bpm in event.samples]))
+        outcomes[i] = EventOutcome("stored", totals[event.session_id].add(event))
+        samples.extend(
+            {"event_pk": pk, "session_id": event.session_id, "ts_ms": ts, "bpm": bpm}
+            for ts, bpm in event.samples
+        )
     return samples
