@@ -56,7 +56,12 @@ INACTIVE = EventOutcome("inactive")
 
 @dataclass(slots=True)
 class Totals:
-    """A locked session row's running totals, advanced event by event within a batch."""
+    """A locked session row's running totals, advanced event by event within a batch.
+
+    The batch's set volume is summed apart (`batch_volume_kg`, in batch order) and added to the
+    row's `volume_kg` as a whole, as PostgreSQL's `store_event_batch` does: float addition is
+    not associative, and this way the stats reported equal the stored total to the last bit.
+    """
 
     user_id: str
     sets: int
@@ -66,6 +71,7 @@ class Totals:
     hr_sum: int
     max_bpm: int | None
     changed: bool = False
+    batch_volume_kg: float = 0.0
 
     def add(self, event: SessionEvent) -> dict[str, Any]:
         """Count the event; return the stats it reports."""
@@ -78,8 +84,8 @@ class Totals:
         self.changed = True
         self.sets += 1
         self.reps += int(reps)
-        self.volume_kg += int(reps) * float(weight_kg)
-        return {"sets": self.sets, "reps": self.reps, "volume_kg": round_volume(self.volume_kg)}
+        self.batch_volume_kg += int(reps) * float(weight_kg)
+        return {"sets": self.sets, "reps": self.reps, "volume_kg": round_volume(self.volume)}
 
     def add_hr(self, bpms: Sequence[int]) -> dict[str, Any]:
         self.changed = True
@@ -92,16 +98,26 @@ class Totals:
         return {
             "sets": self.sets,
             "reps": self.reps,
-            "volume_kg": round_volume(self.volume_kg),
+            "volume_kg": round_volume(self.volume),
             "avg_bpm": avg_bpm(self.hr_sum, self.hr_count),
             "max_bpm": self.max_bpm,
         }
 
+    @property
+    def volume(self) -> float:
+        """The session's volume after the events counted so far."""
+        return self.volume_kg + self.batch_volume_kg
+
     def row(self, session_id: str) -> dict[str, Any]:
         """The session's columns to write back, by name, with its id."""
         return {
-            "id": session_id, "sets": self.sets, "reps": self.reps, "volume_kg": self.volume_kg,
-            "hr_count": self.hr_count, "hr_sum": self.hr_sum, "max_bpm": self.max_bpm,
+            "id": session_id,
+            "sets": self.sets,
+            "reps": self.reps,
+            "volume_kg": self.volume,
+            "hr_count": self.hr_count,
+            "hr_sum": self.hr_sum,
+            "max_bpm": self.max_bpm,
         }
 
 

@@ -2,14 +2,15 @@
 
 A device's publish is acknowledged only once its event is committed, so the commit is on the
 hot path of every set and heart-rate batch. Committing each event on its own would cost a
-transaction (and on SQLite an fsync) per event; instead `submit()` queues the event and a
-background task commits everything queued so far in a single transaction, then resolves the
-waiting futures. While a batch commits the next one accumulates, so under load batches grow
-and the number of transactions stays low, and an idle writer commits a lone event at once.
+transaction (and on SQLite an fsync) per event; instead `submit()` queues the event and the
+writer commits everything queued so far in a single transaction, then resolves the waiting
+futures. While a batch commits the next one accumulates, so under load batches grow and the
+number of transactions stays low, and an idle writer commits a lone event at once.
 
-On PostgreSQL (`models.event_writer_pg`) up to two batches are in flight, on two dedicated
-connections: the next batch is sent while the previous one commits. SQLite has one writer,
-so there batches go one at a time through SQLAlchemy (below).
+One batch is in flight at a time. The next one is sent the moment the previous one's result
+arrives, before that batch's callers resume: the database works on it while the hub answers
+for the last one. On PostgreSQL a batch is one round trip (`models.event_writer_pg`); on SQLite
+it goes through SQLAlchemy (below).
 
 Guarantees, per batch (one transaction):
 * Atomic: events, their heart-rate samples and the sessions' running totals are committed
@@ -50,27 +51,18 @@ _Pending = tuple[SessionEvent, "asyncio.Future[EventOutcome]"]
 
 
 class Batches(Protocol):
-    """How a backend commits batches: `depth` of them may be in flight at once."""
-
-    depth: int
-
-    def ready(self) -> bool:
-        """Whether to start another batch now (given fewer than `depth` are in flight)."""
-        ...
+    """How a backend commits one batch."""
 
     def commit(self, events: list[SessionEvent]) -> Coroutine[Any, Any, list[EventOutcome]]:
-        """The transaction storing the batch, to await; the outcomes are in `events` order.
-        Called in submission order, before the previous batch finished when `depth` > 1."""
+        """The transaction storing the batch, to await; the outcomes are in `events` order."""
         ...
 
     async def close(self) -> None: ...
 
 
 class SqliteBatches:
-    """SQLite: one batch at a time (the file has one writer) through SQLAlchemy Core, in a
-    `BEGIN IMMEDIATE` transaction from `Database.write()`."""
-
-    depth = 1
+    """SQLite through SQLAlchemy Core, in a `BEGIN IMMEDIATE` transaction from
+    `Database.write()`."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -90,9 +82,6 @@ class SqliteBatches:
             .where(ws.c.id == bindparam("b_id"))
             .values({name: bindparam(f"b_{name}") for name in TOTALS_COLUMNS[1:]})
         )
-
-    def ready(self) -> bool:
-        return True
 
     async def commit(self, events: list[SessionEvent]) -> list[EventOutcome]:
         async with self._db.write() as conn:
@@ -168,13 +157,11 @@ class EventWriter:
     def __init__(self, db: Database, max_batch: int = 500) -> None:
         self._max_batch = max_batch
         self._queue: deque[_Pending] = deque()
-        self._wakeup = asyncio.Event()
         self._batches: Batches = (
-            PostgresBatches(db, wake=self._wakeup.set)
-            if db.dialect == "postgresql"
-            else SqliteBatches(db)
+            PostgresBatches(db) if db.dialect == "postgresql" else SqliteBatches(db)
         )
-        self._task: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Task[None] | None = None
+        self._pump_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         """Set by `start()`. Futures are made on it directly: on Python 3.11 every
         `get_running_loop()` is a `getpid()` system call, a few microseconds per event."""
@@ -184,18 +171,18 @@ class EventWriter:
         self.events_committed = 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._loop = asyncio.get_running_loop()
-            self._task = self._loop.create_task(self._run(), name="event-writer")
+        self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
-        """Refuse new events, commit every queued one, then stop and release connections."""
+        """Refuse new events, commit every queued one, then release the connections."""
         self._closing = True
-        self._wakeup.set()
         try:
-            if self._task is not None:
-                await self._task
+            self._pump()
+            while self._in_flight is not None:
+                await asyncio.wait([self._in_flight])
         finally:
+            _fail(self._queue)
+            self._queue.clear()
             await self._batches.close()
 
     async def submit(self, event: SessionEvent) -> EventOutcome:
@@ -204,52 +191,41 @@ class EventWriter:
         Raises the database's exception when the batch could not be committed (nothing of
         it was stored; retrying the same event is safe).
         """
-        if self._loop is None or self._closing:
+        loop = self._loop
+        if loop is None or self._closing:
             raise RuntimeError("the event writer is not running")
-        future: asyncio.Future[EventOutcome] = self._loop.create_future()
+        future: asyncio.Future[EventOutcome] = loop.create_future()
         self._queue.append((event, future))
-        self._wakeup.set()
+        if not self._pump_scheduled:
+            # Later in this loop iteration, so the events read with this one join its batch.
+            self._pump_scheduled = True
+            loop.call_soon(self._pump)
         return await future
 
-    async def _run(self) -> None:
-        """Start a batch of everything queued (up to `max_batch`) whenever fewer than the
-        backend's `depth` are in flight and it is `ready()`; return once closing and nothing
-        is left."""
-        in_flight: set[asyncio.Task[None]] = set()
-        batches = self._batches
-        loop = asyncio.get_running_loop()
-
-        def finished(task: asyncio.Task[None]) -> None:
-            in_flight.discard(task)
-            self._wakeup.set()
-
-        try:
-            while True:
-                if self._queue and len(in_flight) < batches.depth and batches.ready():
-                    count = min(len(self._queue), self._max_batch)
-                    batch = [self._queue.popleft() for _ in range(count)]
-                    transaction = batches.commit([event for event, _ in batch])
-                    task = loop.create_task(self._settle(batch, transaction), name="event-batch")
-                    in_flight.add(task)
-                    task.add_done_callback(finished)
-                    continue
-                if self._closing and not self._queue and not in_flight:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-        finally:
-            _fail(self._queue)
-            self._queue.clear()
+    def _pump(self) -> None:
+        """Send the next batch: everything queued, up to `max_batch`, unless one is in flight
+        (its end calls this again)."""
+        self._pump_scheduled = False
+        if self._in_flight is not None or not self._queue or self._loop is None:
+            return
+        queue = self._queue
+        batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+        transaction = self._batches.commit([event for event, _ in batch])
+        self._in_flight = self._loop.create_task(self._settle(batch, transaction))
 
     async def _settle(
         self,
         batch: list[_Pending],
         transaction: Coroutine[Any, Any, list[EventOutcome]],
     ) -> None:
-        """Await the batch's transaction and resolve its futures: outcomes, or the error for
-        all of them."""
+        """Await the batch's transaction, send the next batch, then resolve this one's
+        futures: outcomes, or the error for all of them."""
         try:
-            outcomes = await transaction
+            try:
+                outcomes = await transaction
+            finally:
+                self._in_flight = None
+                self._pump()
         except Exception as exc:  # noqa: BLE001 - whatever failed, the callers must hear
             for _, future in batch:
                 if not future.done():

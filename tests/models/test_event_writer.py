@@ -108,6 +108,29 @@ async def test_running_stats_in_event_order(database: Database, writer: EventWri
     }
 
 
+async def test_stored_volume_is_the_sum_the_stats_were_computed_from(
+    database: Database, writer: EventWriter
+) -> None:
+    """A batch's set volume is summed apart and added to the stored total as a whole, by the
+    hub and by PostgreSQL's batch function alike. Float addition is not associative: with these
+    weights the other grouping, (0.1 + 0.2) + 0.3, ends on 0.6000000000000001."""
+    sid = (await q.start_session(database, "ann", ""))["session_id"]
+    await writer.submit(a_set(sid, "v1", reps=1, weight_kg=0.1))
+    batches = writer.batches_committed
+    await asyncio.gather(
+        writer.submit(a_set(sid, "v2", reps=1, weight_kg=0.2)),
+        writer.submit(a_set(sid, "v3", reps=1, weight_kg=0.3)),
+    )
+    assert writer.batches_committed == batches + 1
+    async with database.read() as conn:
+        stored = (
+            await conn.execute(
+                text("SELECT volume_kg FROM workout_sessions WHERE id = :id"), {"id": sid}
+            )
+        ).scalar_one()
+    assert stored == 0.1 + (0.2 + 0.3) == 0.6
+
+
 async def test_duplicates_are_acknowledged_and_stored_once(
     database: Database, writer: EventWriter
 ) -> None:
