@@ -41,6 +41,18 @@ class SessionEvent:
     fields: dict[str, Any] = field(default_factory=dict)
     samples: list[tuple[int, int]] = field(default_factory=list)
 
+    def columns(self) -> dict[str, Any]:
+        """Its `session_events` columns by name; a set field that was not sent is absent."""
+        return {
+            "session_id": self.session_id,
+            "user_id": self.user_id,
+            "event_id": self.event_id,
+            "kind": self.kind,
+            "device": self.device,
+            "server_ts": self.server_ts,
+            **self.fields,
+        }
+
 
 @dataclass(slots=True)
 class EventOutcome:

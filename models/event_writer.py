@@ -110,20 +110,8 @@ class SqliteBatches:
         if not batch.candidates:
             return batch.outcomes
 
-        rows = []
-        for i in batch.candidates:
-            event = events[i]
-            row = {
-                "session_id": event.session_id,
-                "user_id": event.user_id,
-                "event_id": event.event_id,
-                "kind": event.kind,
-                "device": event.device,
-                "server_ts": event.server_ts,
-            }
-            for name in _SET_FIELDS:
-                row[name] = event.fields.get(name)
-            rows.append(row)
+        unsent = dict.fromkeys(_SET_FIELDS)  # an executemany's rows all carry every column
+        rows = [{**unsent, **events[i].columns()} for i in batch.candidates]
         result = await conn.execute(self._insert_events, rows)
         inserted = {(r.user_id, r.event_id): r.id for r in result}
 

@@ -136,8 +136,8 @@ class PostgresBatches:
 
 def _batch_parameters(events: Sequence[SessionEvent]) -> tuple[str, str, str]:
     """`store_event_batch`'s three JSON arguments. Each event goes once per session (a later
-    copy could only be a duplicate) with its batch position `ord`; a set's `fields` are its own
-    columns, one not sent is absent, so NULL."""
+    copy could only be a duplicate) with its batch position `ord`; a set field not sent is
+    absent, so NULL."""
     rows: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
     sent: set[tuple[str, str, str]] = set()
@@ -146,18 +146,7 @@ def _batch_parameters(events: Sequence[SessionEvent]) -> tuple[str, str, str]:
         if key in sent:
             continue
         sent.add(key)
-        rows.append(
-            {
-                "ord": ord_,
-                "session_id": event.session_id,
-                "user_id": event.user_id,
-                "event_id": event.event_id,
-                "kind": event.kind,
-                "device": event.device,
-                "server_ts": event.server_ts,
-                **event.fields,
-            }
-        )
+        rows.append({"ord": ord_, **event.columns()})
         samples.extend(
             {"session_id": key[0], "user_id": key[1], "event_id": key[2], "ts_ms": ts, "bpm": bpm}
             for ts, bpm in event.samples
