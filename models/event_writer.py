@@ -207,18 +207,20 @@ class EventWriter:
         transaction: Coroutine[Any, Any, list[EventOutcome]],
     ) -> None:
         """Await the batch's transaction, send the next batch, then resolve this one's
-        futures: outcomes, or the error for all of them."""
+        futures: outcomes, or the error for all of them. Cancelled (the loop is shutting
+        down), it sends nothing more and its callers hear that the writer stopped."""
         try:
-            try:
-                outcomes = await transaction
-            finally:
-                self._in_flight = None
-                self._pump()
+            outcomes = await transaction
+        except asyncio.CancelledError:
+            self._in_flight = None
+            raise
         except Exception as exc:  # noqa: BLE001 - whatever failed, the callers must hear
+            self._send_next()
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
         else:
+            self._send_next()
             self.batches_committed += 1
             self.events_committed += sum(o.status == "stored" for o in outcomes)
             for (_, future), outcome in zip(batch, outcomes, strict=True):
@@ -226,6 +228,10 @@ class EventWriter:
                     future.set_result(outcome)
         finally:
             _fail(batch)
+
+    def _send_next(self) -> None:
+        self._in_flight = None
+        self._pump()
 
 
 def _fail(pending: deque[_Pending] | list[_Pending]) -> None:
