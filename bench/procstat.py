@@ -52,14 +52,15 @@ def _stat_fields(pid: int | str) -> list[str] | None:
     return stat.rsplit(")", 1)[1].split()
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User+system CPU time consumed so far by the given processes (not their children)."""
-    total = 0
+def cpu_ticks(pids: list[int]) -> dict[int, int]:
+    """User+system CPU ticks consumed so far by each of the given processes that is alive
+    (not their children)."""
+    ticks = {}
     for pid in pids:
         fields = _stat_fields(pid)
         if fields is not None:
-            total += int(fields[11]) + int(fields[12])
-    return total / _TICKS
+            ticks[pid] = int(fields[11]) + int(fields[12])
+    return ticks
 
 
 def other_programs_ticks(exclude: set[int]) -> dict[int, int]:
@@ -104,23 +105,26 @@ class CpuWindow:
 
     groups: dict[str, list[int]]
     _wall: float = 0.0
-    _cpu: dict[str, float] | None = None
+    _ticks: dict[str, dict[int, int]] | None = None
     _cores: dict[int, tuple[int, int, int]] | None = None
 
     def start(self) -> None:
         self._wall = time.monotonic()
-        self._cpu = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
+        self._ticks = {name: cpu_ticks(pids) for name, pids in self.groups.items()}
         self._cores = core_busy_ticks()
 
     def stop(self) -> dict[str, float]:
         """Percent of one core per group (`cpu_<group>`), per core busy (`core<N>`) and the
-        interrupt share of it (`core<N>_irq`)."""
-        assert self._cpu is not None and self._cores is not None
+        interrupt share of it (`core<N>_irq`). A process counts while it lives through the
+        window: one that exits takes its ticks with it (a PostgreSQL autovacuum worker, say),
+        and subtracting them would make its group's share negative."""
+        assert self._ticks is not None and self._cores is not None
         wall = time.monotonic() - self._wall
-        result = {
-            f"cpu_{name}": round(100 * (cpu_seconds(pids) - self._cpu[name]) / wall, 1)
-            for name, pids in self.groups.items()
-        }
+        result = {}
+        for name, pids in self.groups.items():
+            before, after = self._ticks[name], cpu_ticks(pids)
+            spent = sum(after[pid] - ticks for pid, ticks in before.items() if pid in after)
+            result[f"cpu_{name}"] = round(100 * spent / _TICKS / wall, 1)
         for core, (busy, irq, total) in core_busy_ticks().items():
             busy0, irq0, total0 = self._cores.get(core, (busy, irq, total))
             elapsed = max(1, total - total0)
