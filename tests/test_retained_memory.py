@@ -1,14 +1,16 @@
 """What the node keeps for later (channel history, a lagging connection's queue) costs about
-its encoded size in memory, not the serializer's working buffer."""
+its encoded size in memory, not the serializer's working buffer, and retained history is
+nothing the garbage collector has to walk."""
 
 from __future__ import annotations
 
+import gc
 import tracemalloc
 from collections.abc import Callable
 
 import orjson
 
-from hub.broker.base import HistoryOptions
+from hub.broker.base import ClientInfo, HistoryOptions
 from hub.broker.memory import MemoryBroker
 from hub.protocol.json_codec import JsonCodec
 
@@ -45,6 +47,25 @@ async def test_history_keeps_about_the_publication_size_per_publication() -> Non
     # ~100 bytes of data plus the publication and its history entry; orjson's own buffer
     # would be over 4,000.
     assert (after - before) / COUNT < 600
+
+
+async def test_retained_history_is_not_tracked_by_the_garbage_collector() -> None:
+    """Every collection of an older generation walks what it tracks: history held as objects
+    (200 sessions × 1,000 publications) made one take 138 ms, a pause for every connection."""
+    broker = MemoryBroker()
+    history = HistoryOptions(size=COUNT, ttl=60, meta_ttl=600)
+    info = ClientInfo(user="ann", client="c1", conn_info=b'{"device":"watch"}')
+    for i in range(COUNT):
+        payload = orjson.dumps({**EVENT, "event_id": f"watch-{i}"})
+        await broker.publish("session:s1", payload, info=info, history=history)
+    await broker.publish("session:s1", b"{}", history=history, tags={"kind": "set"})
+    gc.collect()
+    entries = broker._streams["session:s1"].entries  # what the broker retains, as it holds it
+    assert len(entries) == COUNT
+    assert [e for e in list(entries)[:-1] if gc.is_tracked(e)] == []
+    # What history hands out is whole again.
+    found = await broker.history("session:s1", since=None, limit=2, reverse=True)
+    assert [(p.info, p.tags) for p in found.publications] == [(None, {"kind": "set"}), (info, None)]
 
 
 def test_json_encoding_keeps_about_the_encoded_size() -> None:
