@@ -6,9 +6,11 @@ connection of its own. A batch is one call of `store_event_batch` (migration 000
 function that runs the whole transaction where the data is:
 
 1. lock the batch's active sessions, `FOR UPDATE` in id order, and return their totals;
-2. insert the events whose session is locked and is their user's, in batch order, skipping
+2. when some event's session is not theirs to write (rare: an ended or unknown session), look
+   up which of those events are stored already: retries whose acknowledgement was lost;
+3. insert the events whose session is locked and is their user's, in batch order, skipping
    those already stored (`ON CONFLICT DO NOTHING`);
-3. insert their heart-rate samples and add them to their sessions' totals.
+4. insert their heart-rate samples and add them to their sessions' totals.
 
 Five round trips (BEGIN, lock, insert, totals, COMMIT) became one. Under load every round trip
 waited for the backend to be scheduled again (~0.2 ms each on two busy cores), and the next
@@ -16,11 +18,9 @@ batch waited behind them. The rows go as JSON text, expanded by `json_to_records
 encodes array parameters element by element with abstract-base-class checks (about 5 us of the
 hub's CPU per event row), where `orjson` writes the whole batch in a fraction of that.
 
-From the totals as locked and the inserted keys the function returns, the hub derives each
-event's outcome and running stats (`models.event_batch`), adding the events in batch order as
-the function did, so they are exact. Events refused because their session is not theirs to
-write are looked up once more after the commit (rare: an ended or unknown session): one
-already stored is a retry (`duplicate`), and an event is never deleted, so that stays true.
+From the totals as locked, the inserted keys and the refused-but-stored keys the function
+returns, the hub derives each event's outcome and running stats (`models.event_batch`),
+adding the events in batch order as the function did, so they are exact.
 
 Safety with other nodes writing the same sessions: each call locks in id order, so two calls
 never deadlock; a session both touch is locked by one first, and the other waits for that
@@ -54,14 +54,7 @@ from models.event_batch import EventOutcome, SessionEvent, Totals, Triage, triag
 
 _STORE_BATCH = "SELECT store_event_batch($1::text::json, $2::text::json, $3::text::json)"
 """The batch's transaction (migration 0003): $1 the events, $2 their heart-rate samples, $3 the
-session ids to lock, each a JSON array."""
-
-_STORED_KEYS = """
-SELECT user_id, event_id FROM session_events
-WHERE (user_id, event_id) IN (
-    SELECT * FROM json_to_recordset($1::text::json) AS k (user_id varchar, event_id varchar))
-"""
-"""$1: the keys to look up, JSON objects with `user_id` and `event_id`."""
+distinct `[session_id, user_id]` pairs, each a JSON array."""
 
 
 class _Link:
@@ -122,14 +115,14 @@ class PostgresBatches:
         conn = await link.connection()
         try:
             result = await conn.fetchval(_STORE_BATCH, *_batch_parameters(events))
-            locked, inserted = orjson.loads(result)
-            totals = {row[0]: Totals(*row[1:]) for row in locked}
-            batch = triage(events, totals)
-            if batch.refused:
-                await _settle_refused(conn, events, batch)
         except BaseException as exc:
             link.after_failure(cancelled=not isinstance(exc, Exception))
             raise
+        locked, inserted, known = orjson.loads(result)
+        totals = {row[0]: Totals(*row[1:]) for row in locked}
+        batch = triage(events, totals)
+        if batch.refused:
+            batch.settle_refused(events, {(user, event) for user, event in known})
         _count_stored(events, batch, totals, {(user, event) for user, event in inserted})
         return batch.outcomes
 
@@ -151,21 +144,8 @@ def _batch_parameters(events: Sequence[SessionEvent]) -> tuple[str, str, str]:
             {"session_id": key[0], "user_id": key[1], "event_id": key[2], "ts_ms": ts, "bpm": bpm}
             for ts, bpm in event.samples
         )
-    return _json(rows), _json(samples), _json(list({e.session_id for e in events}))
-
-
-async def _settle_refused(
-    conn: asyncpg.Connection, events: Sequence[SessionEvent], batch: Triage
-) -> None:
-    """The refused events already stored (a retry whose acknowledgement was lost) are
-    duplicates; the others are `inactive`. Looked up after the batch committed: an event is
-    never deleted, so what is found stays true."""
-    keys = batch.refused_keys(events)
-    stored: set[tuple[str, str]] = set()
-    if keys:
-        lookup = [{"user_id": user_id, "event_id": event_id} for user_id, event_id in keys]
-        stored.update((r[0], r[1]) for r in await conn.fetch(_STORED_KEYS, _json(lookup)))
-    batch.settle_refused(events, stored)
+    writers = {(event.session_id, event.user_id) for event in events}
+    return _json(rows), _json(samples), _json(list(writers))
 
 
 def _json(value: Any) -> str:

@@ -8,20 +8,23 @@ per event (measured alone, 95-event batches: 24.5 us per event either way).
 
 What it does, in one transaction:
 
-1. lock the active sessions among `session_ids` (`FOR UPDATE`, in id order: no deadlock
+1. lock the active sessions among the writers' (`FOR UPDATE`, in id order: no deadlock
    between batches or nodes) and keep their totals as they were;
-2. insert the events whose session is locked and is their user's, in `ord` order, skipping
+2. when some writer is refused (its session is not locked as active, or is another user's),
+   look up which of the events sent for it are stored already: retries, not strangers;
+3. insert the events whose session is locked and is their user's, in `ord` order, skipping
    the `(user_id, event_id)` already stored (`ON CONFLICT DO NOTHING`);
-3. insert the inserted events' heart-rate samples, matched by session, user and event id;
-4. add the inserted events to their sessions' totals. The set volume is summed in insertion
+4. insert the inserted events' heart-rate samples, matched by session, user and event id;
+5. add the inserted events to their sessions' totals. The set volume is summed in insertion
    order and added to the stored volume as a whole, exactly as `models.event_batch.Totals`
    does, so the stats the hub reports per event end on the stored total to the last bit.
 
-It returns `[locked, inserted]`: the locked sessions as `[id, user_id, sets, reps, volume_kg,
-hr_count, hr_sum, max_bpm]` before the batch, and the inserted events as `[user_id,
-event_id]`. The hub computes each event's outcome and running stats from those
-(`models.event_writer_pg`). SQLite keeps its SQLAlchemy path; this revision changes nothing
-there.
+`writers` are the batch's distinct `[session_id, user_id]` pairs. It returns `[locked,
+inserted, known]`: the locked sessions as `[id, user_id, sets, reps, volume_kg, hr_count,
+hr_sum, max_bpm]` before the batch, the inserted events as `[user_id, event_id]`, and the
+refused events found stored, as `[user_id, event_id]`. The hub computes each event's outcome
+and running stats from those (`models.event_writer_pg`). SQLite keeps its SQLAlchemy path;
+this revision changes nothing there.
 
 Revision ID: 0003
 Revises: 0002
@@ -38,14 +41,15 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 STORE_EVENT_BATCH = """
-CREATE OR REPLACE FUNCTION store_event_batch(events json, samples json, session_ids json)
+CREATE OR REPLACE FUNCTION store_event_batch(events json, samples json, writers json)
 RETURNS json
 LANGUAGE plpgsql AS $fn$
 DECLARE
     locked json;
     ids varchar[];
     users varchar[];
-    inserted json;
+    inserted json := '[]';
+    known json := '[]';
 BEGIN
     SELECT coalesce(json_agg(json_build_array(
                s.id, s.user_id, s.sets, s.reps, s.volume_kg, s.hr_count, s.hr_sum, s.max_bpm)),
@@ -56,12 +60,27 @@ BEGIN
         SELECT ws.id, ws.user_id, ws.sets, ws.reps, ws.volume_kg, ws.hr_count, ws.hr_sum,
                ws.max_bpm
         FROM workout_sessions AS ws
-        WHERE ws.id IN (SELECT json_array_elements_text(session_ids)) AND ws.status = 'active'
+        WHERE ws.id IN (SELECT w ->> 0 FROM json_array_elements(writers) AS w)
+            AND ws.status = 'active'
         ORDER BY ws.id
         FOR UPDATE
     ) AS s;
+
+    IF EXISTS (
+        SELECT 1 FROM json_array_elements(writers) AS w
+        WHERE (w ->> 0, w ->> 1) NOT IN (SELECT * FROM unnest(ids, users))
+    ) THEN
+        SELECT coalesce(json_agg(json_build_array(se.user_id, se.event_id)), '[]')
+        INTO known
+        FROM session_events AS se
+        WHERE (se.user_id, se.event_id) IN (
+            SELECT e.user_id, e.event_id
+            FROM json_to_recordset(events) AS e (
+                session_id varchar, user_id varchar, event_id varchar)
+            WHERE (e.session_id, e.user_id) NOT IN (SELECT * FROM unnest(ids, users)));
+    END IF;
     IF ids IS NULL THEN
-        RETURN json_build_array(locked, '[]'::json);
+        RETURN json_build_array(locked, inserted, known);
     END IF;
 
     WITH ins AS (
@@ -108,7 +127,7 @@ BEGIN
     )
     SELECT coalesce(json_agg(json_build_array(ins.user_id, ins.event_id)), '[]')
     INTO inserted FROM ins;
-    RETURN json_build_array(locked, inserted);
+    RETURN json_build_array(locked, inserted, known);
 END
 $fn$
 """
