@@ -283,14 +283,7 @@ async def bench_baseline(args: argparse.Namespace, pool_size: int) -> dict[str, 
         finally:
             await pool.close()
         check = await verify(url, set(warmup.acked_ids()) | set(result.acked_ids()))
-    return {
-        "run": result.summary(),
-        "warmup_acked": warmup.acked,
-        "cpu_percent": cpu,
-        "busiest_other_processes": others,
-        "check": check,
-        "pool_size": pool_size,
-    }
+    return side_report(warmup, result, (cpu, others), check, pool_size=pool_size)
 
 
 # -- the hub --------------------------------------------------------------------------------
@@ -339,17 +332,31 @@ async def bench_hub(args: argparse.Namespace) -> dict[str, Any]:
                 cpu, others = window.stop()
             rss = rss_kib(server.pid)
         check = await verify(url, set(warmup.acked_ids()) | set(result.acked_ids()))
-    return {
-        "run": result.summary(),
-        "warmup_acked": warmup.acked,
-        "cpu_percent": cpu,
-        "busiest_other_processes": others,
-        "check": check,
-        "hub_rss_kib": rss,
-    }
+    return side_report(warmup, result, (cpu, others), check, hub_rss_kib=rss)
 
 
 # -- report ---------------------------------------------------------------------------------
+
+
+def side_report(
+    warmup: PhaseResult,
+    result: PhaseResult,
+    cpu: tuple[dict[str, float], dict[str, float]],
+    check: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """One side's entry in the results: the measured run, its CPU (groups and cores, and the
+    busiest other processes) and the stored-once check, plus what is particular to the side."""
+    groups, others = cpu
+    return {
+        "run": result.summary(),
+        "warmup_acked": warmup.acked,
+        "cpu_percent": groups,
+        "busiest_other_processes": others,
+        "check": check,
+        **extra,
+    }
+
 
 ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("background core0 % (before)", ("background_busy_percent", "core0")),

@@ -28,8 +28,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -47,7 +46,7 @@ from simulator.device import (
     REPLY_TIMEOUT_S,
     set_event,
 )
-from simulator.fleet import CONNECT_CONCURRENCY, TokenSource, bounded
+from simulator.fleet import CONNECT_CONCURRENCY, OpenedFleet, TokenSource, bounded
 
 CLIENT_NAME = "fitsync-bench"
 STALL_CHECK_S = 1.0
@@ -260,7 +259,7 @@ class LeanDevice:
         self._on_done()
 
 
-class LeanFleet:
+class LeanFleet(OpenedFleet):
     """`simulator.Fleet`'s shape on `LeanDevice`s: athletes times devices, one session per
     athlete started by its first device; connects on entry, closes every socket on exit."""
 
@@ -286,22 +285,6 @@ class LeanFleet:
         self.devices_per_athlete = devices_per_athlete
         self.sessions: list[str] = []
         """One session id per athlete, in `athletes` order."""
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.open()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         """Connect every device, then have each athlete's first device start the session."""

@@ -79,7 +79,34 @@ class PhaseResult:
         }
 
 
-class Fleet:
+class OpenedFleet:
+    """`async with` a fleet: `open()` on entry, `close()` on exit, and `close()` too when
+    `open()` fails half-way (some sockets are connected by then)."""
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.open()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class Fleet(OpenedFleet):
     """Connects the devices and starts the sessions on entry, closes every socket on exit."""
 
     def __init__(
@@ -103,22 +130,6 @@ class Fleet:
         self.devices_per_athlete = devices_per_athlete
         self.sessions: list[str] = []
         """One session id per athlete, in `athletes` order."""
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.open()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         """Connect every device, then have each athlete's first device start the session."""
