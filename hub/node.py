@@ -204,6 +204,9 @@ class Node:
         rule, _ = self.rule_for(channel)
         return await self.broker.publish(channel, data, info=info, history=rule.options.history)
 
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        return await self.broker.presence(channel)
+
     async def history(
         self, channel: str, since: StreamPosition | None, limit: int, reverse: bool
     ) -> Message:

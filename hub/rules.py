@@ -52,6 +52,10 @@ class HubAPI(Protocol):
 
     def user_channels(self, user: str) -> set[str]: ...
 
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        """Who is subscribed to `channel` on any node, by client id (presence channels only)."""
+        ...
+
     async def disconnect_user(self, user: str) -> None: ...
 
 

@@ -13,13 +13,25 @@ Guarantees every implementation keeps:
   holding (offset, epoch) from the old stream can never be told it recovered when it did not.
 - Publications are handed to `BrokerEventHandler.on_publication` in offset order per channel
   on every node subscribed to that channel, the publishing node included.
+- When `subscribe(channel)` returns, every publication accepted after that moment reaches this
+  node (until `unsubscribe`). A networked broker may lose delivery while its connection is
+  down; it then subscribes every channel again and calls `on_resubscribed` with them, and the
+  node reads what it missed from history. Nothing stored is lost; only delivery is retried.
+- A call that cannot reach the store raises `BrokerUnavailable`; a publish that raised it was
+  not acknowledged to anyone, so the caller answers with a temporary error and the client
+  retries.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Protocol
+
+
+class BrokerUnavailable(Exception):
+    """The broker's store cannot be reached right now (connection refused, lost, timed out)."""
 
 
 @dataclass(slots=True)
@@ -42,6 +54,11 @@ class Publication:
     """Unix milliseconds when the broker accepted it."""
     info: ClientInfo | None = None
     tags: dict[str, str] | None = None
+    epoch: str = ""
+    """The stream's epoch when it was published; set by brokers that deliver over a network,
+    so a node can tell a publication of a new stream (the store lost its history) from a late
+    one of the old stream. Empty from the in-process broker, whose epoch cannot change under a
+    running node."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +94,17 @@ class BrokerEventHandler(Protocol):
     def on_join(self, channel: str, info: ClientInfo) -> None: ...
 
     def on_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+    def on_control(self, data: bytes) -> None:
+        """A node-to-node control message (`Broker.publish_control`), this node's own included."""
+
+    def on_resubscribed(self, channels: list[str]) -> None:
+        """The broker's connection was lost and is back: `channels` are subscribed again, and
+        publications accepted while it was down were not delivered here."""
+
+
+PresenceEntry = tuple[str, str, ClientInfo]
+"""(channel, client id, info): one client present in one channel."""
 
 
 class Broker(ABC):
@@ -114,6 +142,15 @@ class Broker(ABC):
         """
 
     @abstractmethod
+    async def publish_control(self, data: bytes) -> None:
+        """Deliver `data` to `on_control` of every node, this one included, once each.
+
+        Control messages carry server-side actions for connections wherever they are
+        (disconnect a user, unsubscribe a user from a channel). They are not stored: a node that
+        is not connected to the broker when one is sent does not receive it.
+        """
+
+    @abstractmethod
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
 
     @abstractmethod
@@ -148,6 +185,13 @@ class Broker(ABC):
         self, channel: str, client_id: str, info: ClientInfo, ttl: float
     ) -> None:
         """Record (or refresh) a client in the channel's presence for `ttl` seconds."""
+
+    async def refresh_presence(self, entries: Iterable[PresenceEntry], ttl: float) -> None:
+        """Record or refresh many presence entries at once: a node refreshes all of its
+        subscribers' entries in one call per interval (brokers over a network batch it into one
+        round trip), rather than one timer per client."""
+        for channel, client_id, info in entries:
+            await self.add_presence(channel, client_id, info, ttl)
 
     @abstractmethod
     async def remove_presence(self, channel: str, client_id: str) -> None: ...

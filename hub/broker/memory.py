@@ -245,6 +245,10 @@ class MemoryBroker(Broker):
             handler.on_publication(channel, publication)
         return position
 
+    async def publish_control(self, data: bytes) -> None:
+        if self._handler is not None:
+            self._handler.on_control(data)
+
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         handler = self._handler_for(channel)
         if handler is not None:
