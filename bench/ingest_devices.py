@@ -263,6 +263,9 @@ class LeanFleet(OpenedFleet):
     """`simulator.Fleet`'s shape on `LeanDevice`s: athletes times devices, one session per
     athlete started by its first device; connects on entry, closes every socket on exit."""
 
+    device_type: type[LeanDevice] = LeanDevice
+    """What each device is; the product benchmark's open-loop fleet makes its own."""
+
     def __init__(
         self,
         url: str,
@@ -278,7 +281,7 @@ class LeanFleet(OpenedFleet):
         self.title = title
         self.athletes = [f"lean-{self.run_id}-a{i}" for i in range(athletes)]
         self.devices = [
-            LeanDevice(device_id, tokens(athlete, device_id))
+            self.device_type(device_id, tokens(athlete, device_id))
             for athlete in self.athletes
             for device_id in (f"{athlete}-d{j}" for j in range(devices_per_athlete))
         ]

@@ -1,0 +1,476 @@
+"""Product benchmark: one node under a gym's worth of open-loop load, and connection storms.
+
+Load (the default): `--athletes` athletes, each with one live session and one device that
+publishes set events on its own fixed schedule with jitter (`--rate` events/s offered in
+total), and `--trainers` trainers, each watching `--clients-per-trainer` athletes' session
+channels. The hub runs on PostgreSQL, pinned to core 0; this process (devices and trainers)
+runs on core 1. Open loop: a device sends at its slot whether or not its earlier events were
+acknowledged, so a hub that falls behind shows as latency and loss, not as less load.
+Reported for the measured window (after a warm-up): offered and achieved rates, ack and
+device → trainer latency p50/p99/max, the load generator's schedule lag (how late sends left
+against their slots: a saturated load core shows here), events not acknowledged, acknowledged
+but never delivered, duplicates, CPU of the hub, this process and PostgreSQL, hub RSS, and
+whether every acknowledged event is stored exactly once.
+
+Storm (`--storm N`): the same load at a smaller size runs as the live sessions; then N clients
+connect at once, as when a node dies and its clients come to this one. `--storm-users known`
+(their users exist in the database before the hub starts) or `new` (first connect ever).
+Reported: connects/s, time until all are connected, connect p50/p99, errors by kind (close
+codes, error replies, client timeouts, refused sockets; retried as the SDKs do, with jittered
+backoff), hub RSS per connection, and the live sessions' ack latency before, during and after.
+
+Run: `.venv/bin/python bench/product.py --rate 5000 --json product.json`,
+`.venv/bin/python bench/product.py --storm 19000 --storm-users known`, or `--quick`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import uvloop
+from fanout import SERVER_CORE, prepare_process, wait_quiet
+from ingest import DEFAULT_ADMIN_URL, MeasuredCpu, environment, fresh_database, postgres_pids
+from ingest import verify as verify_stored
+from procstat import process_tree, rss_kib
+from product_clients import Ledger, OpenLoopFleet, StormClient, StormTally, Watcher
+from servers import ServerProcess, start_hub, wait_healthy
+
+from hub import auth
+from models.db import Database
+
+CONNECT_CONCURRENCY = 50
+"""Set-up connects in flight (devices, trainers): the set-up is not what is measured."""
+
+
+# -- set-up -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_hub(database_url: str, settings: dict[str, str]) -> Iterator[ServerProcess]:
+    server = start_hub(SERVER_CORE, database_url, settings)
+    try:
+        wait_healthy(server)
+        yield server
+    finally:
+        server.stop()
+
+
+async def migrate(url: str, users: list[str]) -> None:
+    """The hub's schema, as the hub itself migrates it, and `users` as existing athletes."""
+    db = Database(url)
+    await db.start()
+    await db.close()
+    if users:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            now = datetime.now(UTC)
+            await conn.copy_records_to_table(
+                "users",
+                records=[(u, "", "athlete", now) for u in users],
+                columns=["id", "name", "role", "created_at"],
+            )
+        finally:
+            await conn.close()
+
+
+async def link_trainers(url: str, links: list[tuple[str, str]]) -> None:
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        now = datetime.now(UTC)
+        await conn.executemany(
+            "INSERT INTO trainer_links (trainer_id, client_id, created_at) VALUES ($1, $2, $3)",
+            [(t, c, now) for t, c in links],
+        )
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def live_load(
+    server: ServerProcess, url: str, args: argparse.Namespace, ledger: Ledger
+) -> AsyncIterator[OpenLoopFleet]:
+    """Devices connected with their sessions started, trainers linked and subscribed."""
+    ws_url = f"ws://127.0.0.1:{server.port}/connection/websocket"
+    parts = urlsplit(ws_url)
+    where = (parts.hostname or "", parts.port or 80, parts.path)
+
+    def device_token(athlete: str, device: str) -> str:
+        return auth.mint(server.jwt_secret, athlete, "device", device=device)
+
+    watchers: list[Watcher] = []
+    async with OpenLoopFleet(
+        ws_url, device_token, athletes=args.athletes, devices_per_athlete=1, title="product"
+    ) as fleet:
+        try:
+            per = args.clients_per_trainer
+            trainers = [f"trainer-{fleet.run_id}-t{j}" for j in range(args.trainers)]
+            links = [(t, fleet.athletes[(j * per + k) % args.athletes])
+                     for j, t in enumerate(trainers) for k in range(per)]
+            await link_trainers(url, links)
+            watchers = [
+                Watcher(t, auth.mint(server.jwt_secret, t, "trainer"), ledger) for t in trainers
+            ]
+            gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+            async def watch(j: int, watcher: Watcher) -> None:
+                async with gate:
+                    await watcher.connect(*where)
+                    sessions = [fleet.session_of((j * per + k) % args.athletes)
+                                for k in range(per)]
+                    await watcher.subscribe([f"session:{s}" for s in sessions])
+
+            await asyncio.gather(*(watch(j, w) for j, w in enumerate(watchers)))
+            yield fleet
+        finally:
+            fleet.stop()
+            for watcher in watchers:
+                watcher.abort()
+
+
+class RssPeak:
+    """The hub's resident memory, sampled every 0.5 s while `async with` lasts."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kib = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+            await asyncio.sleep(0.5)
+
+    async def __aenter__(self) -> RssPeak:
+        self._task = asyncio.get_running_loop().create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, seconds: float, out: str | None) -> Iterator[None]:
+    """Sample the hub with py-spy (non-blocking, raw collapsed stacks) while the block runs."""
+    if not out:
+        yield
+        return
+    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    command = [binary, "record", "--pid", str(pid), "--duration", str(int(seconds)),
+               "--rate", "250", "--nonblocking", "--format", "raw", "--output", out]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        try:
+            _, err = process.communicate(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate()
+        if process.returncode:
+            print(f"warning: py-spy failed: {err.decode(errors='replace')[-500:]}", flush=True)
+
+
+async def wait_until(moment: float) -> None:
+    await asyncio.sleep(max(0.0, moment - time.perf_counter()))
+
+
+async def drain(ledger: Ledger, seconds: float) -> float:
+    """Wait for every sent event to be acknowledged and delivered, at most `seconds`."""
+    start = time.perf_counter()
+    while not ledger.settled() and time.perf_counter() - start < seconds:
+        await asyncio.sleep(0.05)
+    return round(time.perf_counter() - start, 3)
+
+
+def cpu_groups(server: ServerProcess) -> dict[str, list[int]]:
+    return {"hub": process_tree(server.pid), "load": [os.getpid()], "postgres": postgres_pids()}
+
+
+# -- the load -----------------------------------------------------------------------------
+
+
+async def bench_load(args: argparse.Namespace) -> dict[str, Any]:
+    ledger = Ledger()
+    async with fresh_database(args.postgres, "product") as url:
+        with running_hub(url, args.hub_settings) as server:
+            async with live_load(server, url, args, ledger) as fleet:
+                rate = args.rate / args.athletes
+                start = time.perf_counter() + 0.2
+                measured = start + args.warmup_seconds
+                end = measured + args.seconds
+                fleet.schedule(ledger, rate=rate, jitter=args.jitter, start=start, end=end)
+                await wait_until(measured)
+                async with RssPeak(server.pid) as rss:
+                    window = MeasuredCpu(cpu_groups(server))
+                    with py_spy(server.pid, args.seconds, args.py_spy):
+                        await wait_until(end)
+                        cpu, others = window.stop()
+                drained = await drain(ledger, args.drain_seconds)
+                closed = dict(ledger.closed)
+        check = await verify_stored(url, set(ledger.acked))
+    run = ledger.window(measured, end)
+    return {
+        "run": run,
+        "duplicate_acks": ledger.duplicate_acks,
+        "duplicate_deliveries": ledger.duplicate_deliveries,
+        "retries": ledger.retries,
+        "failed": dict(ledger.failed),
+        "device_connections_closed": closed,
+        "drain_s": drained,
+        "cpu_percent": cpu,
+        "busiest_other_processes": others,
+        "hub_rss_peak_kib": rss.peak_kib,
+        "check": check,
+    }
+
+
+# -- the storm ----------------------------------------------------------------------------
+
+
+async def bench_storm(args: argparse.Namespace) -> dict[str, Any]:
+    ledger, tally = Ledger(), StormTally()
+    run_id = secrets.token_hex(3)
+    users = [f"storm-{run_id}-u{i}" for i in range(args.storm)]
+    async with fresh_database(args.postgres, "storm") as url:
+        await migrate(url, users if args.storm_users == "known" else [])
+        with running_hub(url, args.hub_settings) as server:
+            tokens = [auth.mint(server.jwt_secret, u, "athlete") for u in users]
+            rng = random.Random(run_id)
+            storm = [StormClient("127.0.0.1", server.port, "/connection/websocket", t, tally,
+                                 rng) for t in tokens]
+            try:
+                async with live_load(server, url, args, ledger) as fleet:
+                    result = await _storm_under_load(args, server, fleet, ledger, tally, storm)
+            finally:
+                for client in storm:
+                    client.abort()
+        check = await verify_stored(url, set(ledger.acked))
+    result["check"] = check
+    return result
+
+
+async def _storm_under_load(
+    args: argparse.Namespace,
+    server: ServerProcess,
+    fleet: OpenLoopFleet,
+    ledger: Ledger,
+    tally: StormTally,
+    storm: list[StormClient],
+) -> dict[str, Any]:
+    rate = args.rate / args.athletes
+    start = time.perf_counter() + 0.2
+    before = start + args.warmup_seconds
+    storm_at = before + args.seconds
+    fleet.schedule(ledger, rate=rate, jitter=args.jitter, start=start, end=float("inf"))
+    await wait_until(storm_at)
+    rss_before = rss_kib(server.pid)
+    deadline = storm_at + args.storm_deadline
+    async with RssPeak(server.pid) as rss:
+        window = MeasuredCpu(cpu_groups(server))
+        tally.started = time.perf_counter()
+        for client in storm:
+            client.start(deadline, args.storm_timeout)
+        while (len(tally.connect_s) + tally.gave_up < len(storm)
+               and time.perf_counter() < deadline):
+            await asyncio.sleep(0.05)
+        storm_end = time.perf_counter()
+        cpu, others = window.stop()
+    rss_connected = rss_kib(server.pid)
+    after_end = storm_end + args.after_seconds
+    await wait_until(after_end)
+    fleet.stop()
+    rss_settled = rss_kib(server.pid)
+    await drain(ledger, args.drain_seconds)
+    connected = len(tally.connect_s)
+    per_connection = (rss_settled - rss_before) / connected if connected else None
+    return {
+        "storm": tally.summary(len(storm)),
+        "storm_users": args.storm_users,
+        "live_before": ledger.window(before, storm_at),
+        "live_during": ledger.window(storm_at, storm_end),
+        "live_after": ledger.window(storm_end, after_end),
+        "live_failed": dict(ledger.failed),
+        "live_connections_closed": dict(ledger.closed),
+        "cpu_percent_storm": cpu,
+        "busiest_other_processes": others,
+        "hub_rss_kib": {"before": rss_before, "all_connected": rss_connected,
+                        "peak": rss.peak_kib, "settled": rss_settled},
+        "kib_per_connection_settled": round(per_connection, 2) if per_connection else None,
+    }
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def _ms(q: dict[str, float]) -> str:
+    return " / ".join(f"{q[k]:,.1f}" for k in ("p50", "p99", "max")) if q else "-"
+
+
+def render_load(result: dict[str, Any]) -> str:
+    run, cpu, check = result["run"], result["cpu_percent"], result["check"]
+    rows = [
+        ("offered events/s (sent, by slot)", f"{run['offered_per_s']:,.0f}"),
+        ("achieved acks/s", f"{run['acked_per_s']:,.0f}"),
+        ("ack ms p50 / p99 / max", _ms(run["ack_ms"])),
+        ("device -> trainer ms p50 / p99 / max", _ms(run["device_to_trainer_ms"])),
+        ("schedule lag ms p50 / p99 / max", _ms(run["schedule_lag_ms"])),
+        ("not acknowledged", f"{run['not_acked']:,}"),
+        ("acknowledged, not delivered", f"{run['acked_not_delivered']:,}"),
+        ("duplicate acks / deliveries",
+         f"{result['duplicate_acks']} / {result['duplicate_deliveries']}"),
+        ("retries / failed", f"{result['retries']} / {result['failed'] or 0}"),
+        ("device connections closed", str(result["device_connections_closed"] or 0)),
+        ("stored exactly once", "yes" if check["ok"] else f"NO {check}"),
+        ("events per transaction", str(check["events_per_transaction"])),
+        ("hub cpu % / rss peak MiB",
+         f"{cpu['cpu_hub']} / {result['hub_rss_peak_kib'] / 1024:,.0f}"),
+        ("load cpu % (this process)", str(cpu["cpu_load"])),
+        ("postgres cpu %", str(cpu["cpu_postgres"])),
+        ("other programs cpu %", str(cpu["cpu_other"])),
+        ("core0 / core1 busy %", f"{cpu['core0']} / {cpu['core1']}"),
+    ]
+    return _table(rows)
+
+
+def render_storm(result: dict[str, Any]) -> str:
+    storm, cpu = result["storm"], result["cpu_percent_storm"]
+    rows = [
+        ("storm clients (users)", f"{storm['clients']:,} ({result['storm_users']})"),
+        ("connected", f"{storm['connected']:,}"),
+        ("all connected after s", str(storm["all_connected_s"] or "NOT ALL")),
+        ("connects/s", f"{storm['connects_per_s']:,.0f}"),
+        ("connect ms p50 / p99 / max (from storm start)", _ms(storm["connect_ms"])),
+        ("connected at first attempt", f"{storm['first_attempt_ok']:,}"),
+        ("errors", str(storm["errors"] or 0)),
+        ("gave up", str(storm["gave_up"])),
+        ("hub KiB per connection (settled)", str(result["kib_per_connection_settled"])),
+        ("hub rss MiB before / peak / settled",
+         " / ".join(f"{result['hub_rss_kib'][k] / 1024:,.0f}"
+                    for k in ("before", "peak", "settled"))),
+        ("hub cpu % during storm", str(cpu["cpu_hub"])),
+        ("load cpu % during storm", str(cpu["cpu_load"])),
+        ("postgres cpu % during storm", str(cpu["cpu_postgres"])),
+        ("other programs cpu % during storm", str(cpu["cpu_other"])),
+    ]
+    for phase in ("before", "during", "after"):
+        live = result[f"live_{phase}"]
+        rows.append((f"live ack ms p50 / p99 / max {phase}", _ms(live["ack_ms"])))
+        rows.append((f"live not acked / lag p99 ms {phase}",
+                     f"{live['not_acked']} / {live['schedule_lag_ms'].get('p99', '-')}"))
+    rows.append(("live stored exactly once", "yes" if result["check"]["ok"] else "NO"))
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, help="events/s offered in total "
+                        "(default 5000; 500 in storm mode and with --quick)")
+    parser.add_argument("--athletes", type=int, help="default 1000 (100 in storm mode, quick)")
+    parser.add_argument("--trainers", type=int, help="default 100 (10 in storm mode, quick)")
+    parser.add_argument("--clients-per-trainer", type=int, default=10)
+    parser.add_argument("--jitter", type=float, default=0.5,
+                        help="each send up to this share of a period after its nominal slot")
+    parser.add_argument("--seconds", type=float,
+                        help="measured window (default 10, quick 3); in storm mode the live "
+                        "window before the storm")
+    parser.add_argument("--warmup-seconds", type=float, help="default 3, quick 1")
+    parser.add_argument("--drain-seconds", type=float, default=10.0)
+    parser.add_argument("--storm", type=int, default=0, help="clients connecting at once")
+    parser.add_argument("--storm-users", choices=("known", "new"), default="known")
+    parser.add_argument("--storm-timeout", type=float, default=10.0,
+                        help="per attempt: handshake plus connect reply, as an SDK's timeout")
+    parser.add_argument("--storm-deadline", type=float, default=60.0,
+                        help="retries stop this long after the storm started")
+    parser.add_argument("--after-seconds", type=float, default=3.0,
+                        help="live load measured after the storm")
+    parser.add_argument("--hub", action="append", default=[], metavar="NAME=VALUE",
+                        help="a HUB_* setting for the hub (repeatable)")
+    parser.add_argument("--py-spy", metavar="PATH",
+                        help="profile the hub with py-spy over the measured window")
+    parser.add_argument("--postgres", default=DEFAULT_ADMIN_URL,
+                        help="admin URL to create and drop the bench database")
+    parser.add_argument("--quiet-wait-seconds", type=float, default=30.0)
+    parser.add_argument("--quick", action="store_true", help="smoke test: small and short")
+    parser.add_argument("--json", help="write results here")
+    args = parser.parse_args(argv)
+    small = args.quick or args.storm
+    args.rate = args.rate or (500.0 if small else 5000.0)
+    args.athletes = args.athletes or (100 if small else 1000)
+    args.trainers = args.trainers if args.trainers is not None else (10 if small else 100)
+    args.seconds = args.seconds or (3.0 if args.quick else 10.0)
+    args.warmup_seconds = args.warmup_seconds or (1.0 if args.quick else 3.0)
+    args.hub_settings = {}
+    for item in args.hub:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("HUB_"):
+            parser.error(f"--hub takes HUB_NAME=VALUE, got {item!r}")
+        args.hub_settings[name] = value
+    return args
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    background = await wait_quiet(args.quiet_wait_seconds)
+    if args.storm:
+        print(f"[storm] {args.storm:,} {args.storm_users} users at once, live load "
+              f"{args.rate:g} events/s over {args.athletes} athletes", flush=True)
+        result = await bench_storm(args)
+    else:
+        print(f"[load] {args.rate:g} events/s offered over {args.athletes} athletes, "
+              f"{args.trainers} trainers, {args.seconds:g} s measured", flush=True)
+        result = await bench_load(args)
+    return {"background_busy_percent": background, **result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    prepare_process()
+    try:
+        result = uvloop.run(run(args))
+    except KeyboardInterrupt:
+        print("\ninterrupted; the hub was stopped and the database dropped", file=sys.stderr)
+        return 130
+    print()
+    print(render_storm(result) if args.storm else render_load(result))
+    print(f"background before: {result['background_busy_percent']}")
+    print(f"busiest other processes: {result['busiest_other_processes']}")
+    if args.json:
+        document = {
+            "config": {k: v for k, v in vars(args).items() if k not in ("json", "postgres")},
+            "environment": environment(),
+            "result": result,
+        }
+        Path(args.json).write_text(json.dumps(document, indent=2))
+        print(f"\nwrote {args.json}")
+    return 0 if result["check"]["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
