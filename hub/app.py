@@ -21,6 +21,7 @@ from starlette.routing import Route
 from hub import http_api
 from hub.broker.base import Broker
 from hub.broker.memory import MemoryBroker
+from hub.broker.redis import RedisBroker
 from hub.config import Settings
 from hub.connection import WEBSOCKET_PATH, HubWebSocketProtocol
 from hub.node import Node
@@ -31,7 +32,12 @@ log = logging.getLogger("hub")
 
 def make_broker(settings: Settings) -> Broker:
     if settings.redis_url:
-        raise SystemExit("HUB_REDIS_URL is set but the Redis broker is not available yet")
+        return RedisBroker(
+            [url.strip() for url in settings.redis_url.split(",") if url.strip()],
+            prefix=settings.redis_prefix,
+            cluster=settings.redis_cluster,
+            timeout=settings.redis_timeout,
+        )
     return MemoryBroker()
 
 

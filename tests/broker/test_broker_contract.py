@@ -23,10 +23,20 @@ from hub.broker.base import (
     StreamPosition,
 )
 from hub.broker.memory import MemoryBroker
+from tests.broker.yielding import YieldingMemoryBroker
 
 BROKERS: dict[str, Callable[[], Broker]] = {
     "memory": MemoryBroker,
+    "memory-yielding": YieldingMemoryBroker,
 }
+
+REDIS_BROKERS: dict[str, str] = {
+    "redis": "redis_broker_factory",
+    "redis-sharded": "sharded_redis_broker_factory",
+    "redis-cluster": "clustered_redis_broker_factory",
+}
+"""Brokers that need a Redis started for them: name → the fixture (tests/broker/conftest.py)
+that gives a factory."""
 
 SHORT = 0.05
 """A TTL the tests wait past; long enough to publish and read before it runs out."""
@@ -78,9 +88,13 @@ def recorder() -> Recorder:
     return Recorder()
 
 
-@pytest.fixture(params=sorted(BROKERS))
+@pytest.fixture(params=sorted([*BROKERS, *REDIS_BROKERS]))
 async def broker(request: pytest.FixtureRequest, recorder: Recorder) -> AsyncIterator[Broker]:
-    instance = BROKERS[request.param]()
+    if request.param in REDIS_BROKERS:
+        factory: Callable[[], Broker] = request.getfixturevalue(REDIS_BROKERS[request.param])
+    else:
+        factory = BROKERS[request.param]
+    instance = factory()
     await instance.start(recorder)
     yield instance
     await instance.close()
