@@ -16,7 +16,7 @@ from channels import api, coach, session, trainer, user
 from channels.base import Context, parse_object
 from hub.config import Settings
 from hub.protocol.codes import ErrorCode, ReplyError
-from hub.rules import Application, ChannelRule, HubAPI, Principal
+from hub.rules import Application, BackgroundWork, ChannelRule, HubAPI, Principal
 from models import queries
 from models.db import Database
 from models.event_writer import EventWriter
@@ -31,7 +31,10 @@ class FitSyncApplication(Application):
         self.writer = EventWriter(self.db)
         self.ctx: Context | None = None
         self._rules: dict[str, ChannelRule] = {}
-        self._methods: dict[str, RpcMethod] = {**session.RPC, **trainer.RPC}
+        self.background = BackgroundWork("coach answers")
+        self.coach = coach.CoachService(settings, self.background)
+        self._methods: dict[str, RpcMethod] = {**session.RPC, **trainer.RPC,
+                                               **coach.rpc(self.coach)}
         self._known_users: set[str] = set()
 
     async def start(self, hub: HubAPI) -> None:
@@ -40,11 +43,16 @@ class FitSyncApplication(Application):
         self.ctx = Context(self.db, self.writer, hub)
         self._rules = {
             rule.namespace: rule
-            for rule in (session.SessionRule(self.ctx), coach.CoachRule(self.ctx),
+            for rule in (session.SessionRule(self.ctx), coach.CoachRule(self.ctx, self.settings),
                          user.UserRule(), trainer.TrainerRule(self.ctx))
         }
+        await self.coach.start(self.ctx)
+
+    async def drain(self) -> None:
+        await self.coach.drain()
 
     async def close(self) -> None:
+        await self.coach.close()
         await self.writer.close()
         await self.db.close()
 

@@ -17,14 +17,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     redis_url: str | None = None
-    """Unset: the in-process broker, one node. One URL, or several comma-separated: channels are
-    sharded over them by a stable hash of their name. With `redis_cluster`, a cluster's seeds."""
-    redis_cluster: bool = False
-    """`redis_url` names seed nodes of one Redis Cluster (hash slots, sharded pub/sub)."""
-    redis_prefix: str = "fitsync"
-    """Starts every Redis key and pub/sub channel, so deployments and tests can share a Redis."""
-    redis_timeout: float = 2.0
-    """Seconds to connect, read or write before a Redis call fails as unavailable."""
+    """Unset: the in-process broker, one node."""
     database_url: str | None = None
     """Unset: a SQLite file `fitsync.db` in the working directory."""
     jwt_secret: str | None = None
@@ -53,6 +46,35 @@ class Settings:
     presence_ttl: float = 60.0
 
     coach_model: str = "gpt-4o-mini"
+    coach_api_key: str | None = None
+    """Unset: `OPENAI_API_KEY`. Neither set: `coach.ask` answers 108 saying how to set one."""
+    coach_base_url: str | None = None
+    """Unset: `OPENAI_BASE_URL`, else OpenAI's API; any OpenAI-compatible server works."""
+    coach_system_prompt: str = (
+        "You are FitSync's strength coach. Answer the athlete briefly and concretely, using "
+        "their workout data below when it helps. Be encouraging; never give medical advice."
+    )
+    coach_system_prompt_file: str | None = None
+    """A file whose text replaces `coach_system_prompt`, read at start."""
+    coach_prompt_budget: int = 12000
+    """Characters of prompt (system, athlete context, conversation, question); the oldest
+    turns of the conversation are left out first."""
+    coach_max_tokens: int = 1024
+    """Longest answer asked of the model; the `coach:` history is sized to hold one whole."""
+    coach_coalesce_ms: float = 10.0
+    """Deltas arriving within this window go out as one publication; 0 sends each chunk."""
+    coach_save_interval: float = 2.0
+    """How often a streaming answer's text is saved (and its lease renewed)."""
+    coach_lease: float = 15.0
+    """An answer not saved for this long is taken for dead (its node stopped) and failed."""
+    coach_asks_per_minute: int = 10
+    coach_connect_timeout: float = 5.0
+    coach_stall_timeout: float = 30.0
+    """No response or no chunk from the model for this long fails the answer (retryable)."""
+    coach_shutdown_grace: float = 3.0
+    """On stop, answers streaming get this long to finish; the rest are failed (retryable)."""
+    coach_history_ttl: float = 3600.0
+    """How long `coach:` publications stay in channel history for recovery."""
     dev_mode: bool = field(default=False)
 
     @classmethod
@@ -69,10 +91,16 @@ class Settings:
             values["port"] = _parse("int", env["PORT"], "port")
         if env.get("HUB_COACH_MODEL"):
             values["coach_model"] = env["HUB_COACH_MODEL"]
+        for name, variable in (("coach_api_key", "OPENAI_API_KEY"),
+                               ("coach_base_url", "OPENAI_BASE_URL")):
+            if name not in values and env.get(variable):
+                values[name] = env[variable]
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         if settings.pong_timeout >= settings.ping_interval:
             raise ValueError("HUB_PONG_TIMEOUT must be shorter than HUB_PING_INTERVAL")
+        if settings.coach_save_interval * 2 > settings.coach_lease:
+            raise ValueError("HUB_COACH_LEASE must be at least twice HUB_COACH_SAVE_INTERVAL")
         if settings.jwt_secret is None and settings.jwt_public_key is None:
             settings = replace(settings, jwt_secret=secrets.token_urlsafe(32), dev_mode=True)
         return settings

@@ -60,6 +60,7 @@ class Node:
         for clients in list(self.clients.values()):
             for client in list(clients):
                 client.close(DisconnectCode.SHUTDOWN)
+        await self.application.drain()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.application.close()

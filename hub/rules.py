@@ -8,9 +8,12 @@ and what happens after. The hub calls these rules and carries out what they retu
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from abc import ABC, abstractmethod
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.routing import BaseRoute
 
@@ -59,6 +62,54 @@ class HubAPI(Protocol):
     async def disconnect_user(self, user: str) -> None: ...
 
 
+class BackgroundWork:
+    """Tasks an application starts that outlive the command that started them (a streamed
+    answer, say). The application owns them; the node drains them on stop (`Application.drain`).
+
+    `drain(grace)` refuses new work, waits up to `grace` seconds for what runs, then cancels the
+    rest and waits (at most `cancel_grace`) while each handles its cancellation: a task that
+    must record its fate (mark itself failed) does so in its `CancelledError` handler, while
+    the broker and database are still open. A task's exception is logged, never lost.
+    """
+
+    def __init__(self, name: str = "background work") -> None:
+        self.name = name
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._draining = False
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        if self._draining:
+            coro.close()
+            raise RuntimeError(f"{self.name}: the node is stopping")
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    async def drain(self, grace: float, cancel_grace: float = 5.0) -> None:
+        self._draining = True
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=cancel_grace)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logging.getLogger("hub.rules").error("%s failed", self.name,
+                                                  exc_info=task.exception())
+
+
 class ChannelRule(ABC):
     """One channel namespace. Subclasses set `namespace` and `options`."""
 
@@ -96,6 +147,11 @@ class Application(ABC):
         """Open what the application needs (database, writers) once the hub is up."""
 
     async def close(self) -> None: ...
+
+    async def drain(self) -> None:
+        """The node is stopping: let background work finish (see `BackgroundWork`). Called
+        after clients were told to reconnect and before `close`; the broker still publishes,
+        so other nodes' subscribers keep receiving. Bounded by the application's own grace."""
 
     async def ready(self) -> None:
         """Raise when a dependency (the database) is unreachable; used by /readyz."""

@@ -292,6 +292,9 @@ def _message_dict(row: Any) -> dict[str, Any]:
     }
     if row.reply_to is not None:
         item["reply_to"] = row.reply_to
+    if row.status == "streaming" and getattr(row, "deltas", None) is not None:
+        # How many `delta` publications the text holds: a client continues from that index.
+        item["deltas"] = row.deltas
     item["created_at"] = iso(row.created_at)
     return item
 

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -174,10 +175,20 @@ class HeartRateSample(SQLModel, table=True):
 
 
 class CoachMessage(SQLModel, table=True):
-    """A question to the coach or (part of) its answer; answers are updated as they stream."""
+    """A question to the coach or (part of) its answer; answers are updated as they stream.
+
+    At most one answer per user is `streaming` (the partial unique index): the row is the
+    lock that keeps a user to one answer at a time on every node, and `heartbeat_at`, renewed
+    with each save of the partial text, is its lease (see `models.coach_queries`).
+    """
 
     __tablename__ = "coach_messages"
-    __table_args__ = (Index("ix_coach_messages_user_created", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_coach_messages_user_created", "user_id", "created_at"),
+        Index("uq_coach_messages_one_streaming", "user_id", unique=True,
+              sqlite_where=text("status = 'streaming'"),
+              postgresql_where=text("status = 'streaming'")),
+    )
 
     id: str = Field(default_factory=new_id, sa_column=Column(String, primary_key=True))
     user_id: str = Field(sa_column=Column(String, nullable=False))
@@ -190,6 +201,10 @@ class CoachMessage(SQLModel, table=True):
     finish_reason: str | None = Field(default=None, sa_column=Column(String))
     usage: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = _created_at()
+    heartbeat_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    """When the node streaming this answer last saved it; None for anything not streamed."""
+    deltas: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    """How many `delta` publications `text` holds: a client continues from this index."""
 
 
 def _table(model: type[SQLModel]) -> Table:

@@ -27,7 +27,7 @@ async def test_migrated_schema_matches_the_models(database: Database) -> None:
     async with database.read() as conn:
         assert await conn.run_sync(_diff, SQLModel.metadata) == []
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-    assert version == "0003"
+    assert version == "0004"
 
 
 async def test_comparison_sees_a_model_change(database: Database) -> None:

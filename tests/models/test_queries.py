@@ -229,8 +229,10 @@ async def test_coach_history(database: Database) -> None:
     messages = []
     for i in range(3):
         question = await q.add_coach_message(database, "ann", "user", f"q{i}", "done")
+        # At most one answer per user streams at a time (uq_coach_messages_one_streaming).
         answer = await q.add_coach_message(
-            database, "ann", "assistant", "", "streaming", reply_to=question["message_id"]
+            database, "ann", "assistant", "", "streaming" if i == 2 else "done",
+            reply_to=question["message_id"]
         )
         messages += [question, answer]
     await q.add_coach_message(database, "bob", "user", "not ann's", "done")

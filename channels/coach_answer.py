@@ -1,0 +1,393 @@
+"""A coach answer streamed from the model to every watcher of `coach:<user_id>`.
+
+Each answer is one `Answer.run` task, owned by the application's `BackgroundWork`, and that
+task alone publishes the answer: deltas leave in the order the model sent them and can never
+overtake one another. Two child tasks help it: the reader (the model's stream → a queue) and
+the saver (the text so far → the database every `HUB_COACH_SAVE_INTERVAL`, which also renews
+the answer's lease, see `models.coach_queries`).
+
+Coalescing: the first piece of text to arrive opens a window of `HUB_COACH_COALESCE_MS`; what
+arrives within it goes out as one `delta`. A fast model therefore costs one publication per
+window, and a slow one (a token now and then) gets each token out after at most one window.
+
+Invariant for clients: the `delta` texts (`index` 0, 1, …) concatenate to the `text` of the
+answer's terminal publication (`done`, `cancelled` or `error`) and to the stored text; a
+`streaming` answer's stored text is the concatenation of its first `deltas` deltas, so a client
+whose channel history lost the start reads it from `coach.history` and appends the deltas from
+that index on.
+
+How an answer ends, exactly once (each final write is conditional on the row still streaming):
+`done`; `cancelled` (`coach.cancel`: the model's stream is closed at once); `failed` with a
+short reason and `retryable` (a model error, a stall, a broken stream, the node stopping). A
+saver that finds the row no longer streaming (cancelled on another node, or failed as dead
+after its lease ran out) stops the answer without publishing anything more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import orjson
+
+from hub.config import Settings
+from hub.rules import BackgroundWork, HubAPI
+from models import coach_queries
+from models.db import Database
+
+log = logging.getLogger("channels.coach")
+
+NOTIFICATION_TEXT_CHARS = 200
+"""A notification carries at most this much of the answer."""
+
+
+def coach_channel(user_id: str) -> str:
+    return f"coach:{user_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    finish_reason: str | None
+    usage: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    reason: str
+    retryable: bool
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The row stopped being `streaming` under us: someone else ended this answer."""
+
+
+Outcome = Done | Cancelled | Failed | Lost
+PromptSource = Callable[[], Awaitable[list[dict[str, str]]]]
+
+
+def failure_of(exc: BaseException, *, started: bool, stall_timeout: float) -> Failed:
+    """A short reason for the athlete, whether asking again may help, and the model API's
+    retry hint. `started`: some of the answer had arrived."""
+    if isinstance(exc, openai.AuthenticationError):
+        return Failed("the model API refused the hub's API key (401)", retryable=False)
+    if isinstance(exc, openai.RateLimitError):
+        retry_after = _retry_after(exc.response.headers.get("retry-after"))
+        hint = f"; retry in {retry_after:g} s" if retry_after is not None else ""
+        return Failed(f"the model API is rate limited (429){hint}", retryable=True,
+                      retry_after=retry_after)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status >= 500:
+            return Failed(f"the model API failed ({status})", retryable=True)
+        return Failed(f"the model API refused the request ({status})", retryable=False)
+    if isinstance(exc, TimeoutError):
+        return Failed(f"the model stopped sending (nothing for {stall_timeout:g} s)",
+                      retryable=True)
+    if isinstance(exc, openai.APITimeoutError):
+        return Failed("the model API did not answer in time", retryable=True)
+    if isinstance(exc, openai.APIConnectionError):
+        if started:
+            return Failed("the model's stream broke off", retryable=True)
+        return Failed("could not reach the model API", retryable=True)
+    log.error("coach answer failed", exc_info=exc)
+    return Failed("internal error", retryable=True)
+
+
+def _retry_after(raw: str | None) -> float | None:
+    try:
+        return None if raw is None else max(float(raw), 0.0)
+    except ValueError:
+        return None  # an HTTP date: rare from model APIs, not worth parsing
+
+
+class Coach:
+    """The answers this node streams, by reply id, and what they need to run."""
+
+    def __init__(self, settings: Settings, db: Database, hub: HubAPI,
+                 background: BackgroundWork) -> None:
+        self.settings = settings
+        self.db = db
+        self.hub = hub
+        self.background = background
+        self.running: dict[str, Answer] = {}
+        self.client: openai.AsyncOpenAI | None = None
+        if settings.coach_api_key:
+            # No retries by the client: it would retry only before the stream starts, holding
+            # the user's one answer slot through backoff (and a 429's retry-after) while nothing
+            # streams; the athlete is told at once, with `retryable` and the hint, and re-asks.
+            self.client = openai.AsyncOpenAI(
+                api_key=settings.coach_api_key, base_url=settings.coach_base_url,
+                max_retries=0,
+                timeout=openai.Timeout(settings.coach_stall_timeout,
+                                       connect=settings.coach_connect_timeout),
+            )
+
+    @property
+    def configured(self) -> bool:
+        return self.client is not None
+
+    def start_answer(self, user_id: str, question: dict[str, Any], reply_id: str,
+                     messages_of: PromptSource) -> Answer:
+        answer = Answer(self, user_id, question["message_id"], reply_id, messages_of)
+        self.running[reply_id] = answer
+        self.background.spawn(answer.run())
+        return answer
+
+    async def publish(self, user_id: str, payload: dict[str, Any]) -> None:
+        await self.hub.publish(coach_channel(user_id), orjson.dumps(payload))
+
+    async def announce_interrupted(self, rows: list[dict[str, Any]]) -> None:
+        """Tell watchers that answers found dead (their node stopped) have failed."""
+        for row in rows:
+            with contextlib.suppress(Exception):
+                await self.publish(row["user_id"], {
+                    "type": "error", "reply_id": row["id"], "message_id": row["reply_to"],
+                    "retryable": True, "reason": "the answer was interrupted (the hub restarted)",
+                    "text": row["text"]})
+
+    async def sweep(self) -> None:
+        """Fail the answers whose lease ran out, wherever they were streaming."""
+        await self.announce_interrupted(
+            await coach_queries.fail_stale_answers(self.db, self.settings.coach_lease))
+
+    async def keep_sweeping(self) -> None:
+        """Sweep every half lease: an answer whose node died is failed within 1.5 leases."""
+        while True:
+            await asyncio.sleep(self.settings.coach_lease / 2)
+            try:
+                await self.sweep()
+            except Exception:
+                log.warning("could not sweep stale coach answers", exc_info=True)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+
+class Answer:
+    def __init__(self, coach: Coach, user_id: str, question_id: str, reply_id: str,
+                 messages_of: PromptSource) -> None:
+        self.coach = coach
+        self.user_id = user_id
+        self.question_id = question_id
+        self.reply_id = reply_id
+        self._messages_of = messages_of
+        """An awaitable factory of the prompt, built inside the task (the RPC returns first)."""
+        self._queue: asyncio.Queue[str | Outcome] = asyncio.Queue()
+        self._parts: list[str] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._cancel_requested = False
+        self._terminal: Outcome | None = None
+        self._finished: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._finish_reason: str | None = None
+        self._usage: dict[str, Any] | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    async def cancel(self) -> bool:
+        """Close the model's stream and end the answer as `cancelled`; False when it had
+        already ended (or a cancel came first)."""
+        if self._terminal is not None or self._cancel_requested:
+            return False
+        self._cancel_requested = True
+        if self._reader is not None:
+            self._reader.cancel()
+        else:
+            self._queue.put_nowait(Cancelled())
+        return await asyncio.shield(self._finished) == "cancelled"
+
+    async def run(self) -> None:
+        saver = asyncio.create_task(self._keep_saving())
+        status: str | None = None
+        try:
+            outcome = await self._stream()
+            saver.cancel()
+            status = await self._finish(outcome)
+        finally:
+            saver.cancel()
+            self.coach.running.pop(self.reply_id, None)
+            if not self._finished.done():
+                self._finished.set_result(status)
+
+    async def _stream(self) -> Outcome:
+        """Run the model's stream to its outcome; the reader is stopped when this returns."""
+        try:
+            if not self._cancel_requested:
+                messages = await self._messages_of()
+                self._reader = asyncio.create_task(self._read(messages))
+            return await self._publish_stream()
+        except asyncio.CancelledError:
+            # The node is stopping and its grace period is over (BackgroundWork.drain).
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return Failed("the hub restarted mid-answer", retryable=True)
+        except Exception as exc:  # publishing failed (the broker is unreachable)
+            return failure_of(exc, started=bool(self._parts),
+                              stall_timeout=self.coach.settings.coach_stall_timeout)
+        finally:
+            await self._stop_reader()
+
+    async def _stop_reader(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            await asyncio.wait([self._reader])
+
+    # -- the model's stream -------------------------------------------------------------------
+
+    async def _read(self, messages: list[dict[str, str]]) -> None:
+        """Put each piece of text on the queue, then exactly one outcome."""
+        settings = self.coach.settings
+        client = self.coach.client
+        assert client is not None
+        started = False
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(settings.coach_stall_timeout) as stall:
+                stream = await client.chat.completions.create(
+                    model=settings.coach_model, messages=messages,  # type: ignore[arg-type]
+                    max_tokens=settings.coach_max_tokens, stream=True,
+                    stream_options={"include_usage": True},
+                )
+                try:
+                    async for chunk in stream:
+                        stall.reschedule(loop.time() + settings.coach_stall_timeout)
+                        if chunk.usage is not None:
+                            self._usage = chunk.usage.model_dump(exclude_none=True)
+                        for choice in chunk.choices:
+                            if choice.delta.content:
+                                started = True
+                                self._queue.put_nowait(choice.delta.content)
+                            if choice.finish_reason:
+                                self._finish_reason = choice.finish_reason
+                finally:
+                    await stream.close()
+        except asyncio.CancelledError:
+            self._queue.put_nowait(Cancelled() if self._cancel_requested else Lost())
+            raise
+        except Exception as exc:
+            self._queue.put_nowait(failure_of(exc, started=started,
+                                              stall_timeout=settings.coach_stall_timeout))
+            return
+        if self._finish_reason is None:
+            self._queue.put_nowait(Failed("the model's stream ended before the answer did",
+                                          retryable=True))
+        else:
+            self._queue.put_nowait(Done(self._finish_reason, self._usage))
+
+    async def _publish_stream(self) -> Outcome:
+        """Publish the queued text as coalesced deltas until an outcome arrives."""
+        window = self.coach.settings.coach_coalesce_ms / 1000
+        while True:
+            item = await self._queue.get()
+            pieces: list[str] = []
+            terminal: Outcome | None = None
+            if isinstance(item, str):
+                pieces.append(item)
+                if window > 0:
+                    await asyncio.sleep(window)
+                    while not self._queue.empty() and terminal is None:
+                        more = self._queue.get_nowait()
+                        if isinstance(more, str):
+                            pieces.append(more)
+                        else:
+                            terminal = more
+            else:
+                terminal = item
+            if pieces:
+                await self._publish_delta("".join(pieces))
+            if terminal is not None:
+                self._terminal = terminal
+                return terminal
+
+    async def _publish_delta(self, text: str) -> None:
+        index = len(self._parts)
+        self._parts.append(text)
+        await self.coach.publish(self.user_id, {"type": "delta", "reply_id": self.reply_id,
+                                                "index": index, "text": text})
+
+    # -- saving and finishing -----------------------------------------------------------------
+
+    async def _keep_saving(self) -> None:
+        """Save the text so far (renewing the lease) until cancelled; a lost row stops us."""
+        interval = self.coach.settings.coach_save_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                kept = await coach_queries.save_partial(self.coach.db, self.reply_id,
+                                                        self.text, len(self._parts))
+            except Exception:
+                log.warning("could not save coach answer %s", self.reply_id, exc_info=True)
+                continue
+            if not kept:
+                if self._reader is not None:
+                    self._reader.cancel()
+                else:
+                    self._queue.put_nowait(Lost())
+                return
+
+    async def _finish(self, outcome: Outcome) -> str | None:
+        """Store the final status once and publish it; returns that status (None if lost)."""
+        if isinstance(outcome, Lost):
+            return None
+        coach, text = self.coach, self.text
+        base = {"reply_id": self.reply_id, "message_id": self.question_id, "text": text}
+        payload: dict[str, Any]
+        if isinstance(outcome, Done):
+            status = "done"
+            payload = {"type": "done", **base, "usage": outcome.usage,
+                       "finish_reason": outcome.finish_reason}
+        elif isinstance(outcome, Cancelled):
+            status = "cancelled"
+            payload = {"type": "cancelled", **base}
+        else:
+            status = "failed"
+            payload = {"type": "error", **base, "retryable": outcome.retryable,
+                       "reason": outcome.reason}
+            if outcome.retry_after is not None:
+                payload["retry_after"] = outcome.retry_after
+        try:
+            stored = await coach_queries.finish_answer(
+                coach.db, self.reply_id, status, text=text, deltas=len(self._parts),
+                finish_reason=outcome.finish_reason if isinstance(outcome, Done) else None,
+                usage=outcome.usage if isinstance(outcome, Done) else None)
+        except Exception:
+            # The row stays `streaming` until its lease runs out and a sweep fails it: say so.
+            log.warning("could not store coach answer %s", self.reply_id, exc_info=True)
+            status = "failed"
+            payload = {"type": "error", **base, "retryable": True,
+                       "reason": "the answer could not be stored"}
+            stored = {}
+        if stored is None:
+            return None  # ended elsewhere first, and announced there
+        try:
+            await coach.publish(self.user_id, payload)
+            await self._notify_if_unwatched(status, text)
+        except Exception:
+            log.warning("could not announce coach answer %s", self.reply_id, exc_info=True)
+        return status
+
+    async def _notify_if_unwatched(self, status: str, text: str) -> None:
+        """No connection of the user watches `coach:`: tell them on `user:<id>`."""
+        present = await self.coach.hub.presence(coach_channel(self.user_id))
+        if any(info.user == self.user_id for info in present.values()):
+            return
+        short = text if len(text) <= NOTIFICATION_TEXT_CHARS else (
+            text[:NOTIFICATION_TEXT_CHARS - 1] + "…")
+        await self.coach.hub.publish(f"user:{self.user_id}", orjson.dumps({
+            "type": "notification", "kind": "coach_answer", "reply_id": self.reply_id,
+            "message_id": self.question_id, "status": status, "text": short}))

@@ -1,0 +1,195 @@
+"""The AI coach's database side: asking, the one-answer-per-user lease, and finishing once.
+
+The guarantee, on SQLite and PostgreSQL, across any number of nodes and without Redis:
+
+* **One answer at a time per user.** `begin_ask` inserts the question and a `streaming` answer
+  row in one transaction; the partial unique index `uq_coach_messages_one_streaming` (one
+  `streaming` row per user) makes the answer insert a no-op when the user already has one, and
+  then the whole ask is rolled back (the caller answers 106). Two nodes racing for the same user
+  serialise on the index: exactly one wins.
+* **A lease a dead node cannot hold forever.** The node streaming an answer renews
+  `heartbeat_at` each time it saves the partial text (`save_partial`, every
+  `HUB_COACH_SAVE_INTERVAL`). An answer whose heartbeat is older than the lease
+  (`HUB_COACH_LEASE`) is taken for dead and marked `failed`: by `begin_ask` when it is in the
+  way of the user's next question, and by `fail_stale_answers` (each node at start and
+  periodically). A node that merely starts never fails another live node's answer: its
+  heartbeat is fresh. Node clocks are assumed to agree to well within the lease.
+* **Finished exactly once.** Every write to an answer is conditional on it still being
+  `streaming`: the first of done / cancelled / failed wins, whoever writes it (the streaming
+  node, a cancel arriving on another node, a sweep); the loser is told (`False` / None) and
+  publishes nothing. A streaming node whose save finds its row no longer streaming has lost the
+  answer and stops.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+
+from models.db import Database
+from models.queries import COACH_STATUSES, iso
+from models.tables import coach_messages, new_id, session_events, utcnow
+
+RATE_WINDOW_S = 60.0
+"""Asks are counted over the last minute (`HUB_COACH_ASKS_PER_MINUTE`)."""
+
+_FINAL_STATUSES = tuple(s for s in COACH_STATUSES if s != "streaming")
+
+
+class AnswerInProgress(Exception):
+    """The user has an answer streaming (with a live lease); its id is `reply_id`."""
+
+    def __init__(self, reply_id: str | None) -> None:
+        super().__init__("an answer is still streaming")
+        self.reply_id = reply_id
+
+
+class TooManyAsks(Exception):
+    """The user asked `limit` times within the last minute already."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"at most {limit} asks per minute")
+        self.limit = limit
+
+
+def _item(values: dict[str, Any]) -> dict[str, Any]:
+    """A `coach.history` item (plus `deltas` for answers) from a row's values."""
+    item: dict[str, Any] = {
+        "message_id": values["id"],
+        "role": values["role"],
+        "text": values["text"],
+        "status": values["status"],
+    }
+    if values.get("reply_to") is not None:
+        item["reply_to"] = values["reply_to"]
+    item["created_at"] = iso(values["created_at"])
+    return item
+
+
+def _stale(cm: Any, now: datetime, lease: float) -> Any:
+    cutoff = now - timedelta(seconds=lease)
+    return (cm.c.status == "streaming") & or_(cm.c.heartbeat_at.is_(None),
+                                               cm.c.heartbeat_at < cutoff)
+
+
+async def begin_ask(
+    db: Database, user_id: str, text: str, *, lease: float, per_minute: int
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Store the question and start its answer as `streaming`, atomically.
+
+    Returns (question, answer, interrupted): the two `coach.history` items, and the user's
+    answers found dead in the way (stale lease) and marked `failed` on the way. Raises
+    `TooManyAsks` or `AnswerInProgress` with nothing stored.
+    """
+    cm = coach_messages
+    now = utcnow()
+    async with db.write() as conn:
+        recent = (await conn.execute(
+            select(func.count()).select_from(cm).where(
+                cm.c.user_id == user_id, cm.c.role == "user",
+                cm.c.created_at > now - timedelta(seconds=RATE_WINDOW_S))
+        )).scalar_one()
+        if recent >= per_minute:
+            raise TooManyAsks(per_minute)
+        interrupted = [dict(r._mapping) for r in (await conn.execute(
+            update(cm).where(cm.c.user_id == user_id, _stale(cm, now, lease))
+            .values(status="failed").returning(cm.c.id, cm.c.user_id, cm.c.reply_to, cm.c.text)
+        )).all()]
+        question = {"id": new_id(), "user_id": user_id, "role": "user", "text": text,
+                    "status": "done", "reply_to": None, "created_at": now}
+        await conn.execute(cm.insert().values(question))
+        # The answer sorts after its question even when both carry the same clock reading.
+        answer = {"id": new_id(), "user_id": user_id, "role": "assistant", "text": "",
+                  "status": "streaming", "reply_to": question["id"],
+                  "created_at": now + timedelta(microseconds=1), "heartbeat_at": now,
+                  "deltas": 0}
+        inserted = (await conn.execute(
+            db.insert(cm).values(answer).on_conflict_do_nothing(
+                index_elements=[cm.c.user_id], index_where=cm.c.status == "streaming",
+            ).returning(cm.c.id)
+        )).first()
+        if inserted is None:
+            holder = (await conn.execute(select(cm.c.id).where(
+                cm.c.user_id == user_id, cm.c.status == "streaming"))).scalar()
+            raise AnswerInProgress(holder)
+    return _item(question), _item(answer), interrupted
+
+
+async def save_partial(db: Database, reply_id: str, text: str, deltas: int) -> bool:
+    """Save the text streamed so far and renew the lease; False when the answer is no longer
+    `streaming` (finished elsewhere, or failed as dead): its streamer must stop."""
+    cm = coach_messages
+    async with db.write() as conn:
+        result = await conn.execute(
+            update(cm).where(cm.c.id == reply_id, cm.c.status == "streaming")
+            .values(text=text, deltas=deltas, heartbeat_at=utcnow()))
+    return result.rowcount > 0
+
+
+async def finish_answer(
+    db: Database,
+    reply_id: str,
+    status: str,
+    *,
+    text: str | None = None,
+    deltas: int | None = None,
+    finish_reason: str | None = None,
+    usage: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Move a `streaming` answer to its final status (with its text when given).
+
+    Returns the stored answer (`user_id`, `reply_to`, `text`, `deltas`), or None when it was
+    not streaming any more: someone else finished it first, and nothing must be published.
+    """
+    if status not in _FINAL_STATUSES:
+        raise ValueError(f"final status must be one of {', '.join(_FINAL_STATUSES)}")
+    cm = coach_messages
+    values: dict[str, Any] = {"status": status, "heartbeat_at": None}
+    for name, value in (("text", text), ("deltas", deltas), ("finish_reason", finish_reason),
+                        ("usage", usage)):
+        if value is not None:
+            values[name] = value
+    async with db.write() as conn:
+        row = (await conn.execute(
+            update(cm).where(cm.c.id == reply_id, cm.c.status == "streaming").values(values)
+            .returning(cm.c.user_id, cm.c.reply_to, cm.c.text, cm.c.deltas)
+        )).first()
+    return None if row is None else dict(row._mapping)
+
+
+async def fail_stale_answers(db: Database, lease: float) -> list[dict[str, Any]]:
+    """Mark every `streaming` answer whose lease ran out as `failed`; returns them
+    (`id`, `user_id`, `reply_to`, `text`) so their watchers can be told."""
+    cm = coach_messages
+    async with db.write() as conn:
+        rows = (await conn.execute(
+            update(cm).where(_stale(cm, utcnow(), lease)).values(status="failed")
+            .returning(cm.c.id, cm.c.user_id, cm.c.reply_to, cm.c.text)
+        )).all()
+    return [dict(r._mapping) for r in rows]
+
+
+async def get_answer(db: Database, reply_id: str) -> dict[str, Any] | None:
+    """An assistant message's owner, status, question and text, or None."""
+    cm = coach_messages
+    async with db.read() as conn:
+        row = (await conn.execute(
+            select(cm.c.id, cm.c.user_id, cm.c.status, cm.c.reply_to, cm.c.text, cm.c.deltas)
+            .where(cm.c.id == reply_id, cm.c.role == "assistant")
+        )).first()
+    return None if row is None else dict(row._mapping)
+
+
+async def recent_sets(db: Database, session_id: str, limit: int) -> list[dict[str, Any]]:
+    """The session's last `limit` sets, oldest first: exercise, reps, weight and RPE."""
+    se = session_events
+    stmt = (
+        select(se.c.exercise, se.c.reps, se.c.weight_kg, se.c.rpe)
+        .where(se.c.session_id == session_id, se.c.kind == "set")
+        .order_by(se.c.id.desc()).limit(limit)
+    )
+    async with db.read() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [dict(r._mapping) for r in reversed(rows)]

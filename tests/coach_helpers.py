@@ -1,0 +1,64 @@
+"""What the coach tests share: a scripted model server, a hub pointed at it, and readers of
+the `coach:` stream as an SDK client sees it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from tests.harness import Recorder, RunningHub, eventually
+from tests.llm_server import LLMServer
+
+CoachHub = Callable[..., Awaitable[RunningHub]]
+
+FAST_COACH = {
+    "coach_api_key": "sk-test", "coach_coalesce_ms": 5.0, "coach_save_interval": 0.2,
+    "coach_lease": 1.0, "coach_stall_timeout": 2.0, "coach_connect_timeout": 0.5,
+    "coach_shutdown_grace": 5.0,
+}
+"""Short intervals so saves, leases and stalls happen within a test."""
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[LLMServer]:
+    server = LLMServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def coach_hub(make_hub: Callable[..., Awaitable[RunningHub]], llm: LLMServer) -> CoachHub:
+    """`await coach_hub(**overrides)`: a hub whose coach talks to the scripted server."""
+
+    async def make(database_url: str | None = None, **overrides: Any) -> RunningHub:
+        settings = {**FAST_COACH, "coach_base_url": llm.base_url, **overrides}
+        return await make_hub(database_url, **settings)
+
+    return make
+
+
+def coach_pubs(events: Recorder, reply_id: str | None = None) -> list[dict[str, Any]]:
+    """The `coach:` publications a subscription received (of one answer, when given)."""
+    pubs = events.publications()
+    if reply_id is None:
+        return list(pubs)
+    return [p for p in pubs if p.get("reply_id") == reply_id]
+
+
+def terminal(events: Recorder, reply_id: str) -> dict[str, Any] | None:
+    for pub in coach_pubs(events, reply_id):
+        if pub["type"] in ("done", "cancelled", "error"):
+            return pub
+    return None
+
+
+async def until_terminal(events: Recorder, reply_id: str, timeout: float = 15) -> dict[str, Any]:
+    found: dict[str, Any] = await eventually(lambda: terminal(events, reply_id), timeout)
+    return found
+
+
+def deltas(events: Recorder, reply_id: str) -> list[dict[str, Any]]:
+    return [p for p in coach_pubs(events, reply_id) if p["type"] == "delta"]
