@@ -17,7 +17,14 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     redis_url: str | None = None
-    """Unset: the in-process broker, one node."""
+    """Unset: the in-process broker, one node. One URL, or several comma-separated: channels are
+    sharded over them by a stable hash of their name. With `redis_cluster`, a cluster's seeds."""
+    redis_cluster: bool = False
+    """`redis_url` names seed nodes of one Redis Cluster (hash slots, sharded pub/sub)."""
+    redis_prefix: str = "fitsync"
+    """Starts every Redis key and pub/sub channel, so deployments and tests can share a Redis."""
+    redis_timeout: float = 2.0
+    """Seconds to connect, read or write before a Redis call fails as unavailable."""
     database_url: str | None = None
     """Unset: a SQLite file `fitsync.db` in the working directory."""
     jwt_secret: str | None = None
