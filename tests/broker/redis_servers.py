@@ -116,6 +116,11 @@ class RedisServer:
                 self.kill()
             self.process = None
 
+    def cluster_ok(self) -> bool:
+        with self.client() as client:
+            info = client.cluster("INFO")
+        return isinstance(info, dict) and info.get("cluster_state") == "ok"
+
     def restart(self) -> None:
         self.kill()
         self.start()
@@ -179,11 +184,7 @@ def redis_cluster(masters: int = 3) -> Iterator[list[RedisServer]]:
                 timeout=START_TIMEOUT * 2,
             )
             for server in servers:
-                with server.client() as client:
-                    _wait_until(
-                        lambda c=client: c.cluster("INFO").get("cluster_state") == "ok",
-                        f"cluster node on port {server.port}",
-                    )
+                _wait_until(server.cluster_ok, f"cluster node on port {server.port}")
             yield servers
         finally:
             for server in servers:
