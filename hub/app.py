@@ -22,7 +22,6 @@ from hub import http_api
 from hub.broker.base import Broker
 from hub.broker.memory import MemoryBroker
 from hub.broker.redis import RedisBroker
-from hub.broker.redis import RedisBroker
 from hub.config import Settings
 from hub.connection import WEBSOCKET_PATH, HubWebSocketProtocol
 from hub.node import Node
