@@ -24,7 +24,9 @@ from hub.broker.memory import MemoryBroker
 from hub.broker.redis import RedisBroker
 from hub.config import Settings
 from hub.connection import WEBSOCKET_PATH, HubWebSocketProtocol
+from hub.drain import DrainingServer, DrainState
 from hub.node import Node
+from hub.origins import OriginPolicy
 from hub.rules import Application
 
 log = logging.getLogger("hub")
@@ -55,7 +57,8 @@ def create_app(settings: Settings, application: Application | None = None) -> St
         node = Node(settings, make_broker(settings), app_impl)
         await node.start()
         try:
-            yield {"node": node}
+            yield {"node": node, "drain": DrainState(), "origins": OriginPolicy(
+                settings.allowed_origins, allow_localhost=settings.dev_mode)}
         finally:
             await node.close()
 
@@ -89,7 +92,7 @@ def uvicorn_config(settings: Settings, app: Starlette, **extra: Any) -> uvicorn.
 
 def serve(settings: Settings) -> None:
     tune_garbage_collector()
-    uvicorn.Server(uvicorn_config(settings, create_app(settings))).run()
+    DrainingServer(uvicorn_config(settings, create_app(settings)), settings).run()
 
 
 def tune_garbage_collector() -> None:

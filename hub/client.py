@@ -45,6 +45,8 @@ log = logging.getLogger("hub.client")
 
 CONNECTING, CONNECTED, CLOSED = 0, 1, 2
 _MAX_QUEUED_COMMANDS = 1000
+_SHUTTING_DOWN = ErrorCode.INTERNAL.with_message("the node is shutting down; retry")
+"""The temporary error for commands that arrive while the connection is being drained."""
 
 
 class Transport(Protocol):
@@ -59,6 +61,7 @@ class Client:
     __slots__ = (
         "_awaiting_pong",
         "_expiry_timer",
+        "_finishing",
         "_queue",
         "_task",
         "_timer",
@@ -93,6 +96,7 @@ class Client:
         self._tokens = node.settings.commands_per_second
         self._tokens_at = time.monotonic()
         self._expiry_timer: asyncio.TimerHandle | None = None
+        self._finishing = False
         self._timer: asyncio.TimerHandle | None = node.loop.call_later(
             node.settings.connect_timeout, self._stale
         )
@@ -112,6 +116,9 @@ class Client:
         for command in commands:
             if not command:
                 self._awaiting_pong = False
+                continue
+            if self._finishing:
+                self._refuse_finishing(command)
                 continue
             if not self._take_token():
                 self._refuse_rate(command)
@@ -141,6 +148,24 @@ class Client:
         self.node.metrics.command(label, "rate_limited").inc()
         if command_id:
             self.send(messages.error_reply(command_id, ErrorCode.TOO_MANY_REQUESTS))
+
+    async def finish_commands(self) -> None:
+        """Before a shutdown disconnect: the command being handled finishes (its reply is sent);
+        commands not started, and any that arrive from now on, fail with the temporary error,
+        which the client retries on its next connection."""
+        self._finishing = True
+        while self._queue:
+            self._refuse_finishing(self._queue.popleft())
+        if self._task is not None:
+            await asyncio.wait([self._task])
+
+    def _refuse_finishing(self, command: Message) -> None:
+        method = _method_of(command)
+        label = method if method in _HANDLERS else "unknown"
+        self.node.metrics.command(label, "shutting_down").inc()
+        command_id = command.get("id")
+        if command_id:
+            self.send(messages.error_reply(command_id, _SHUTTING_DOWN))
 
     async def _drain(self) -> None:
         try:

@@ -52,6 +52,18 @@ class Settings:
     """Outbound bytes a connection may have waiting before it is cut as slow (3008)."""
     presence_ttl: float = 60.0
 
+    drain_refuse_delay: float = 1.0
+    """After SIGTERM, seconds of `/readyz` 503 before new connections are refused: the time the
+    load balancer needs to notice."""
+    drain_seconds: float = 5.0
+    """Window over which a stopping node sends its clients the shutdown disconnect (3001), so
+    they do not all reconnect to the other nodes in the same instant."""
+    shutdown_timeout: float = 9.0
+    """Seconds from SIGTERM to exit, whatever clients do; below `docker stop`'s default 10."""
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins allowed to open a WebSocket (comma-separated, `*` wildcards); requests
+    without an `Origin` header are always allowed."""
+
     coach_model: str = "gpt-4o-mini"
     coach_api_key: str | None = None
     """Unset: `OPENAI_API_KEY`. Neither set: `coach.ask` answers 108 saying how to set one."""
@@ -106,6 +118,9 @@ class Settings:
         settings = cls(**values)
         if settings.pong_timeout >= settings.ping_interval:
             raise ValueError("HUB_PONG_TIMEOUT must be shorter than HUB_PING_INTERVAL")
+        if settings.drain_refuse_delay + settings.drain_seconds >= settings.shutdown_timeout:
+            raise ValueError("HUB_DRAIN_REFUSE_DELAY + HUB_DRAIN_SECONDS must be shorter than "
+                             "HUB_SHUTDOWN_TIMEOUT")
         if settings.coach_save_interval * 2 > settings.coach_lease:
             raise ValueError("HUB_COACH_LEASE must be at least twice HUB_COACH_SAVE_INTERVAL")
         if settings.jwt_secret is None and settings.jwt_public_key is None:
@@ -115,6 +130,8 @@ class Settings:
 
 def _parse(kind: Any, raw: str, name: str) -> Any:
     kind = str(kind)
+    if kind.startswith("tuple"):
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
     try:
         if kind.startswith("int"):
             return int(raw)

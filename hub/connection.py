@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,14 +27,17 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # websockets built without its C extension
     from websockets.utils import apply_mask
 
-from hub.client import CLOSED, Client
+from hub.client import CLOSED, Client, Transport
+from hub.drain import DrainState
 from hub.node import Node
+from hub.origins import OriginPolicy
 from hub.protocol.codecs import CODECS, SUBPROTOCOLS, codec_index
 from hub.protocol.codes import Disconnect, DisconnectCode
 from hub.writer import Writer
@@ -46,6 +50,54 @@ WEBSOCKET_PATH = "/connection/websocket"
 _FINAL_DATA_HEADS = (0x80 | Opcode.TEXT.value, 0x80 | Opcode.BINARY.value)
 """First bytes of a final text or binary frame without extension bits."""
 _CLOSE_TIMEOUT = 2.0
+_SUBPROTOCOLS = [Subprotocol(name) for name in SUBPROTOCOLS]
+
+
+def server_protocol(max_size: int) -> ServerProtocol:
+    """websockets' sans-I/O server as every connection uses it."""
+    return ServerProtocol(
+        subprotocols=_SUBPROTOCOLS,
+        select_subprotocol=_select_subprotocol,
+        max_size=max_size,
+        logger=_ws_log,
+    )
+
+
+def at_frame_boundary(ws: ServerProtocol) -> bool:
+    """websockets holds no partial frame or fragmented message: bytes may bypass it."""
+    return ws.state is State.OPEN and ws.current_size is None and not ws.reader.buffer
+
+
+def take_data_frames(
+    ws: ServerProtocol, data: bytes, limit: int, deliver: Callable[[bytes], None]
+) -> bytes:
+    """Unmask the leading whole, final, masked text or binary frames of `data` (each at most
+    `limit` bytes), `deliver` their payloads, and return the rest for websockets.
+
+    Call only `at_frame_boundary(ws)`. Stops at the first other frame, or when `deliver`
+    closed the connection. tests/test_frame_fuzz.py checks this against websockets alone.
+    """
+    pos, size = 0, len(data)
+    while size - pos >= 6 and ws.state is State.OPEN:
+        head, second = data[pos], data[pos + 1]
+        if head not in _FINAL_DATA_HEADS or second < 0x80:  # not final data, or unmasked
+            break
+        length = second & 0x7F
+        if length == 126:
+            if size - pos < 8:
+                break
+            length = int.from_bytes(data[pos + 2:pos + 4], "big")
+            start = pos + 8
+        elif length == 127:
+            break
+        else:
+            start = pos + 6
+        end = start + length
+        if length > limit or end > size:
+            break
+        deliver(apply_mask(data[start:end], data[start - 4:start]))
+        pos = end
+    return data[pos:] if pos else data
 
 
 class HubWebSocketProtocol(asyncio.Protocol):
@@ -54,13 +106,10 @@ class HubWebSocketProtocol(asyncio.Protocol):
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.node: Node = app_state["node"]
+        self.drain_state: DrainState = app_state["drain"]
+        self.origins: OriginPolicy = app_state["origins"]
         self.connections = server_state.connections
-        self.ws = ServerProtocol(
-            subprotocols=SUBPROTOCOLS,
-            select_subprotocol=_select_subprotocol,
-            max_size=self.node.settings.max_frame_bytes,
-            logger=_ws_log,
-        )
+        self.ws = server_protocol(self.node.settings.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
         self.writer: Writer | None = None
         self.client: Client | None = None
@@ -74,8 +123,9 @@ class HubWebSocketProtocol(asyncio.Protocol):
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.client is not None and self._at_frame_boundary():
-            data = self._take_data_frames(data)
+        if self.client is not None and at_frame_boundary(self.ws):
+            data = take_data_frames(self.ws, data, self.node.settings.max_frame_bytes,
+                                    self.client.on_frame)
             if not data:
                 return
         self.ws.receive_data(data)
@@ -114,44 +164,35 @@ class HubWebSocketProtocol(asyncio.Protocol):
         elif self.transport is not None:
             self.transport.close()
 
-    # -- handshake and frames ------------------------------------------------------------
-
-    def _at_frame_boundary(self) -> bool:
-        """websockets holds no partial frame or fragmented message: bytes may bypass it."""
-        ws = self.ws
-        return ws.state is State.OPEN and ws.current_size is None and not ws.reader.buffer
-
-    def _take_data_frames(self, data: bytes) -> bytes:
-        """Hand the leading whole data frames of `data` to the client; return the rest."""
+    async def close_gracefully(self, timeout: float) -> None:
+        """The drain's close (hub/drain.py): the command being handled finishes and is
+        answered, those not started fail with the temporary error, then the shutdown
+        disconnect. After `timeout` seconds the close comes anyway, cutting the command short;
+        the client retries it."""
         client = self.client
-        assert client is not None
-        limit = self.node.settings.max_frame_bytes
-        pos, size = 0, len(data)
-        while size - pos >= 6 and self.ws.state is State.OPEN:
-            head, second = data[pos], data[pos + 1]
-            if head not in _FINAL_DATA_HEADS or second < 0x80:  # not final data, or unmasked
-                break
-            length = second & 0x7F
-            if length == 126:
-                if size - pos < 8:
-                    break
-                length = int.from_bytes(data[pos + 2:pos + 4], "big")
-                start = pos + 8
-            elif length == 127:
-                break
-            else:
-                start = pos + 6
-            end = start + length
-            if length > limit or end > size:
-                break
-            client.on_frame(apply_mask(data[start:end], data[start - 4:start]))
-            pos = end
-        return data[pos:] if pos else data
+        if client is not None and timeout > 0:
+            try:
+                async with asyncio.timeout(timeout):
+                    await client.finish_commands()
+            except TimeoutError:
+                log.warning("client %s: command still running at the end of the drain, "
+                            "closing anyway", client.id)
+        self.shutdown()
+
+    # -- handshake and frames ------------------------------------------------------------
 
     def _handshake(self, request: Request) -> None:
         url = urlsplit(request.path)
         if url.path != WEBSOCKET_PATH:
             self._reject(404, f"WebSocket endpoint is {WEBSOCKET_PATH}\n")
+            return
+        origin = request.headers.get("Origin")
+        if not self.origins.allows(origin, request.headers.get("Host")):
+            log.info("WebSocket from origin %r refused: not in HUB_ALLOWED_ORIGINS", origin)
+            self._reject(403, "origin not allowed\n")
+            return
+        if self.drain_state.refusing:
+            self._reject(503, "this node is shutting down; connect to another\n")
             return
         response = self.ws.accept(request)
         fmt = parse_qs(url.query).get("format") or parse_qs(url.query).get("cf_protocol")
@@ -170,7 +211,7 @@ class HubWebSocketProtocol(asyncio.Protocol):
         codec = CODECS[index]
         self.writer = Writer(self.transport, self.node.flusher, codec.join,
                              self.node.settings.write_buffer_bytes, self._on_slow)
-        self.client = Client(self.node, self, index, codec)
+        self.client = Client(self.node, cast(Transport, self), index, codec)  # writer is set
 
     def _reject(self, status: int, text: str) -> None:
         self.ws.send_response(self.ws.reject(status, text))
@@ -181,9 +222,9 @@ class HubWebSocketProtocol(asyncio.Protocol):
     def _frame(self, frame: Frame) -> None:
         if frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
             if not frame.fin:
-                self._fragments.append(frame.data)
+                self._fragments.append(bytes(frame.data))
                 return
-            payload = frame.data
+            payload = bytes(frame.data)  # the parser's data is bytes already: no copy
             if self._fragments:
                 self._fragments.append(payload)
                 payload = b"".join(self._fragments)

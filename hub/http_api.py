@@ -128,6 +128,10 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """503 when a dependency is down, and from the first moment of a shutdown (hub/drain.py),
+    so the load balancer sends new connections elsewhere."""
+    if request.state.drain.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
     node = node_of(request)
     checks: dict[str, str] = {}
     for name, probe in (("broker", node.broker.ping), ("database", node.application.ready)):

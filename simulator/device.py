@@ -38,7 +38,10 @@ EXERCISES = ("squat", "bench press", "deadlift", "overhead press", "barbell row"
 HR_SAMPLES_PER_EVENT = 5
 """An hr event carries the last few seconds of one-per-second readings."""
 MAX_ATTEMPTS = 10
-"""Sends of one event (or connects after a drop) before the device gives up on it."""
+"""Sends of one event before the device gives up on it."""
+MAX_RECONNECT_ATTEMPTS = 30
+"""Connects after a drop before the device gives up: at the backoff's ceiling about half a
+minute, long enough for a hub that is restarting (a rolling deploy) to come back."""
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 1.0
 REPLY_TIMEOUT_S = 10.0
@@ -241,14 +244,15 @@ class Device:
         if isinstance(cause, ConnectionClosed) and _is_terminal(cause):
             raise cause
         await self._abandon()
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        for attempt in range(1, MAX_RECONNECT_ATTEMPTS + 1):
             await asyncio.sleep(self._backoff(attempt))
             try:
                 await self.connect()
                 return
             except _CONNECTION_ERRORS:
                 await self._abandon()
-        raise ConnectionError(f"{self.device_id}: no connection after {MAX_ATTEMPTS} attempts")
+        raise ConnectionError(
+            f"{self.device_id}: no connection after {MAX_RECONNECT_ATTEMPTS} attempts")
 
     async def _abandon(self) -> None:
         """Drop a connection that failed; closing it cleanly may fail too, and does not matter."""

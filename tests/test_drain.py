@@ -1,0 +1,369 @@
+"""Graceful shutdown, against real `fitsync-hub serve` processes stopped with a real SIGTERM.
+
+What a rolling deploy needs: `/readyz` fails at once, new connections are refused only after
+the configured delay, a command in flight is finished and acknowledged before the shutdown
+disconnect, the disconnects are spread over `HUB_DRAIN_SECONDS`, and the process is gone within
+`HUB_SHUTDOWN_TIMEOUT` even when the database is stuck and a client never answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+from websockets.frames import Frame, Opcode
+
+from hub import auth
+from hub.protocol.codes import DisconnectCode, ErrorCode
+from simulator import Fleet
+from tests.db_fixtures import create_postgres_database, drop_postgres_database
+from tests.harness import API_KEY, SECRET, eventually, free_port
+from tests.raw import RawClient
+
+SHUTDOWN = DisconnectCode.SHUTDOWN.code
+HUB_COMMAND = [str(Path(sys.executable).with_name("fitsync-hub")), "serve"]
+STARTUP_TIMEOUT_S = 60.0
+"""A loaded machine may take a while to import, migrate and listen."""
+
+
+@dataclass
+class HubProcess:
+    """One `fitsync-hub serve` child process; its output goes to `log`."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/connection/websocket"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def token(self, user: str, role: str = "athlete", device: str | None = None) -> str:
+        return auth.mint(SECRET, user, role, device=device, ttl=3600)
+
+    def terminate(self) -> float:
+        """Send SIGTERM; returns the moment (time.monotonic()) it was sent."""
+        self.process.send_signal(signal.SIGTERM)
+        return time.monotonic()
+
+    async def exited(self, timeout: float = 30.0) -> int:
+        """Wait for the process to end; its return code."""
+        await eventually(lambda: self.process.poll() is not None, timeout)
+        return self.process.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def readyz(self) -> int:
+        async with httpx.AsyncClient(base_url=self.http_url, timeout=5) as http:
+            return (await http.get("/readyz")).status_code
+
+    def listening(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+
+StartHub = Callable[..., Awaitable[HubProcess]]
+
+
+@pytest.fixture
+async def start_hub_process(tmp_path: Path) -> AsyncIterator[StartHub]:
+    """Start `fitsync-hub serve` with `HUB_*` settings given as keyword arguments; every process
+    still running at the end is killed by its PID."""
+    started: list[HubProcess] = []
+
+    async def start(database_url: str | None = None, port: int | None = None,
+                    **settings: Any) -> HubProcess:
+        port = port or free_port()
+        env = {
+            **os.environ,
+            "HUB_HOST": "127.0.0.1",
+            "HUB_PORT": str(port),
+            "HUB_JWT_SECRET": SECRET,
+            "HUB_API_KEY": API_KEY,
+            "HUB_DATABASE_URL": database_url or f"sqlite:///{tmp_path / 'hub.db'}",
+            **{f"HUB_{name.upper()}": str(value) for name, value in settings.items()},
+        }
+        log = tmp_path / f"hub-{len(started)}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(HUB_COMMAND, env=env, cwd=tmp_path, stdout=out,
+                                       stderr=subprocess.STDOUT)
+        hub = HubProcess(process, port, log)
+        started.append(hub)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not hub.listening():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the hub did not start:\n{hub.output()}")
+            await asyncio.sleep(0.05)
+        return hub
+
+    yield start
+    for hub in started:
+        if hub.process.poll() is None:
+            hub.process.kill()
+            hub.process.wait(10)
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    url = await create_postgres_database()
+    try:
+        yield url
+    finally:
+        await drop_postgres_database(url)
+
+
+async def connected_client(hub: HubProcess, user: str, role: str = "athlete",
+                           device: str | None = None) -> RawClient:
+    client = await RawClient.open(hub.ws_url)
+    await client.connect(hub.token(user, role, device))
+    return client
+
+
+async def handshake_refused(hub: HubProcess) -> bool:
+    """Whether a new WebSocket connection is refused (not listening, or answered 503)."""
+    try:
+        async with connect(hub.ws_url, open_timeout=5, proxy=None):
+            return False
+    except OSError:
+        return True
+    except InvalidStatus as exc:
+        return exc.response.status_code == 503
+
+
+async def test_readyz_fails_at_once_and_new_connections_are_refused_after_the_delay(
+        start_hub_process: StartHub) -> None:
+    hub = await start_hub_process(drain_refuse_delay=4, drain_seconds=1, shutdown_timeout=12)
+    early = await connected_client(hub, "ann")
+    assert await hub.readyz() == 200
+
+    hub.terminate()
+    assert await eventually(_async_check(lambda: hub.readyz(), 503), timeout=3)
+    # /readyz has failed, yet the delay is not over: a new client still gets in.
+    late = await connected_client(hub, "bob")
+    await eventually(_async_check(lambda: handshake_refused(hub), True), timeout=10)
+
+    assert await early.close_code(timeout=10) == SHUTDOWN
+    assert await late.close_code(timeout=10) == SHUTDOWN
+    assert await hub.exited() == -signal.SIGTERM, hub.output()
+
+
+def _async_check(probe: Callable[[], Awaitable[Any]], expected: Any) -> Callable[[], Any]:
+    """An `eventually` check that runs an async probe, one at a time, and compares its result."""
+    state: dict[str, Any] = {"task": None, "hit": False}
+
+    def check() -> bool:
+        task = state["task"]
+        if task is not None and task.done():
+            state["hit"] = state["hit"] or (not task.exception() and task.result() == expected)
+            state["task"] = task = None
+        if state["hit"]:
+            return True
+        if task is None:
+            state["task"] = asyncio.get_running_loop().create_task(_swallow(probe))
+        return False
+
+    return check
+
+
+async def _swallow(probe: Callable[[], Awaitable[Any]]) -> Any:
+    try:
+        return await probe()
+    except (OSError, httpx.HTTPError):
+        return None
+
+
+async def test_shutdown_disconnects_are_spread_over_the_drain_window(
+        start_hub_process: StartHub) -> None:
+    window, count = 6.0, 12
+    hub = await start_hub_process(drain_refuse_delay=0, drain_seconds=window,
+                                  shutdown_timeout=20)
+    clients = [await connected_client(hub, f"user{i}") for i in range(count)]
+
+    async def closed_at(client: RawClient) -> tuple[float, int | None]:
+        code = await client.close_code(timeout=30)
+        return time.monotonic(), code
+
+    waiting = asyncio.gather(*(closed_at(c) for c in clients))
+    hub.terminate()
+    closes = sorted(await waiting)
+
+    assert {code for _, code in closes} == {SHUTDOWN}
+    first, last = closes[0][0], closes[-1][0]
+    # The i-th of n closes no earlier than window * i / n after the first: a busy machine can
+    # only delay closes, so the spread is at least what the schedule gives, give or take the
+    # first one's lateness. Not all in the window's first quarter, and the last past its half.
+    assert sum(1 for at, _ in closes if at > first + window / 4) >= count // 2
+    assert last - first >= window / 2
+    assert await hub.exited() == -signal.SIGTERM, hub.output()
+
+
+async def lock_session_events(url: str) -> asyncpg.Connection:
+    """Hold a lock that makes every insert into session_events wait: a stalled database."""
+    conn = await asyncpg.connect(url)
+    await conn.execute("BEGIN")
+    await conn.execute("LOCK TABLE session_events IN EXCLUSIVE MODE")
+    return conn
+
+
+async def waiting_on_lock(url: str) -> bool:
+    conn = await asyncpg.connect(url)
+    try:
+        waiting = await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        return bool(waiting)
+    finally:
+        await conn.close()
+
+
+async def start_session(device: RawClient) -> str:
+    result = await device.call("rpc", {"method": "session.start", "data": {"title": "drain"}})
+    return str(result["data"]["session_id"])
+
+
+def publish(command_id: int, session_id: str, event_id: str) -> dict[str, Any]:
+    event = {"type": "set", "event_id": event_id, "exercise": "squat", "reps": 5,
+             "weight_kg": 100.0, "ts": int(time.time() * 1000)}
+    return {"id": command_id, "publish": {"channel": f"session:{session_id}", "data": event}}
+
+
+async def stored_event_ids(url: str, user: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT event_id FROM session_events WHERE user_id = $1", user)
+        return sorted(row["event_id"] for row in rows)
+    finally:
+        await conn.close()
+
+
+async def test_a_publish_in_flight_is_acknowledged_before_the_shutdown_disconnect(
+        start_hub_process: StartHub, postgres_url: str) -> None:
+    hub = await start_hub_process(postgres_url, drain_refuse_delay=0.2, drain_seconds=0.5,
+                                  shutdown_timeout=20)
+    device = await connected_client(hub, "ann", "device", "watch")
+    session_id = await start_session(device)
+    lock = await lock_session_events(postgres_url)
+    try:
+        # Two publishes in one frame: the first waits on the database, the second is queued.
+        await device.send(publish(100, session_id, "e1"), publish(101, session_id, "e2"))
+        await eventually(_async_check(lambda: waiting_on_lock(postgres_url), True), timeout=10)
+        hub.terminate()
+        queued = await device.reply(101, timeout=15)
+        assert queued["error"]["code"] == ErrorCode.INTERNAL.code
+        assert queued["error"]["temporary"] is True
+    finally:
+        await lock.execute("COMMIT")
+        await lock.close()
+    assert await device.reply(100, timeout=15) == {"id": 100, "publish": {}}
+    assert await device.close_code(timeout=15) == SHUTDOWN
+    assert await hub.exited() == -signal.SIGTERM, hub.output()
+    assert await stored_event_ids(postgres_url, "ann") == ["e1"]
+
+
+async def test_the_process_exits_within_the_timeout_with_a_stuck_database_and_a_mute_client(
+        start_hub_process: StartHub, postgres_url: str) -> None:
+    timeout = 5.0
+    hub = await start_hub_process(postgres_url, drain_refuse_delay=0.2, drain_seconds=0.5,
+                                  shutdown_timeout=timeout)
+    device = await connected_client(hub, "ann", "device", "watch")
+    session_id = await start_session(device)
+    mute = await mute_client(hub)
+    lock = await lock_session_events(postgres_url)
+    try:
+        await device.send(publish(100, session_id, "e1"))
+        await eventually(_async_check(lambda: waiting_on_lock(postgres_url), True), timeout=10)
+        signalled = hub.terminate()
+        # Without the timeout the commit would wait for the lock, held for a minute below.
+        code = await hub.exited(timeout=60)
+        elapsed = time.monotonic() - signalled
+    finally:
+        mute.close()
+        await lock.execute("ROLLBACK")
+        await lock.close()
+    assert code == 128 + signal.SIGTERM, hub.output()
+    assert "shutdown overran HUB_SHUTDOWN_TIMEOUT" in hub.output()
+    # The watchdog fires at the timeout; the margin is for the signal and the reaping.
+    assert elapsed < timeout + 5, elapsed
+
+
+async def mute_client(hub: HubProcess) -> asyncio.StreamWriter:
+    """A client that opens a WebSocket, sends `connect`, and then never reads nor answers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    writer.write((
+        f"GET /connection/websocket HTTP/1.1\r\nHost: 127.0.0.1:{hub.port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode())
+    assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+    command = json.dumps({"id": 1, "connect": {"token": hub.token("mute")}}).encode()
+    writer.write(Frame(Opcode.TEXT, command).serialize(mask=True))
+    await writer.drain()
+    return writer
+
+
+async def stored_events(url: str, users: list[str]) -> list[tuple[str, str]]:
+    """(user, event id) of every stored event of these users, with repeats if any."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT user_id, event_id FROM session_events WHERE user_id = ANY($1)", users)
+        return [(row["user_id"], row["event_id"]) for row in rows]
+    finally:
+        await conn.close()
+
+
+async def test_devices_streaming_through_a_restart_lose_nothing_and_store_nothing_twice(
+        start_hub_process: StartHub, postgres_url: str) -> None:
+    port, athletes, per_athlete, events = free_port(), 3, 2, 40
+    total = athletes * per_athlete * events
+    drain = {"drain_refuse_delay": 0.5, "drain_seconds": 2, "shutdown_timeout": 15}
+    first = await start_hub_process(postgres_url, port=port, **drain)
+
+    def tokens(athlete: str, device: str) -> str:
+        return first.token(athlete, "device", device)
+
+    async with Fleet(first.ws_url, tokens, athletes=athletes, devices_per_athlete=per_athlete,
+                     hr_share=0.2) as fleet:
+        running = asyncio.get_running_loop().create_task(fleet.run(count=events, rate=8))
+
+        async def some_stored() -> bool:
+            return len(await stored_events(postgres_url, fleet.athletes)) >= total // 5
+
+        await eventually(_async_check(some_stored, True), timeout=30)
+        first.terminate()
+        stored_before = len(await stored_events(postgres_url, fleet.athletes))
+        # The new process takes the port as soon as the old one stops listening, as a
+        # restarted container would; the old one is still draining its clients meanwhile.
+        await eventually(lambda: not first.listening(), timeout=15)
+        second = await start_hub_process(postgres_url, port=port, **drain)
+        result = await asyncio.wait_for(running, 120)
+
+    assert await first.exited() == -signal.SIGTERM, first.output()
+    summary = result.summary()
+    assert stored_before < total, "the stream was over before the SIGTERM"
+    assert summary["failed"] == {} and summary["stopped"] == [], summary
+    assert summary["acked"] == total, summary
+    assert summary["reconnects"] >= athletes * per_athlete, summary
+    acked = sorted((fleet.athletes[i // per_athlete], event_id)
+                   for i, report in enumerate(result.reports) for event_id in report.acked)
+    assert sorted(await stored_events(postgres_url, fleet.athletes)) == acked
+    second.terminate()
+    assert await second.exited() == -signal.SIGTERM, second.output()
