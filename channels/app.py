@@ -17,9 +17,13 @@ from channels.base import Context, parse_object
 from hub.config import Settings
 from hub.protocol.codes import ErrorCode, ReplyError
 from hub.rules import Application, BackgroundWork, ChannelRule, HubAPI, Principal
-from models import queries
 from models.db import Database
 from models.event_writer import EventWriter
+from models.user_directory import UserDirectory
+
+CONNECT_LATER = ErrorCode.TOO_MANY_REQUESTS.with_message("the node is busy; connect again later")
+"""A connect whose new user could not be stored in time: temporary, so the SDKs retry it
+with jittered backoff."""
 
 RpcMethod = Callable[[Context, Principal, dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -35,10 +39,11 @@ class FitSyncApplication(Application):
         self.coach = coach.CoachService(settings, self.background)
         self._methods: dict[str, RpcMethod] = {**session.RPC, **trainer.RPC,
                                                **coach.rpc(self.coach)}
-        self._known_users: set[str] = set()
+        self.users = UserDirectory(self.db)
 
     async def start(self, hub: HubAPI) -> None:
         await self.db.start()
+        await self.users.load()
         self.writer.start()
         self.ctx = Context(self.db, self.writer, hub)
         self._rules = {
@@ -53,6 +58,7 @@ class FitSyncApplication(Application):
 
     async def close(self) -> None:
         await self.coach.close()
+        await self.users.close()
         await self.writer.close()
         await self.db.close()
 
@@ -63,10 +69,14 @@ class FitSyncApplication(Application):
         return self._rules.get(namespace)
 
     async def on_connect(self, who: Principal) -> list[str]:
-        if who.user not in self._known_users:
+        """A known user costs no database round trip; a new one is created in a batch with
+        the others connecting meanwhile, before the connect is answered."""
+        if not self.users.known(who.user):
             role = "athlete" if who.role == "device" else who.role
-            await queries.ensure_user(self.db, who.user, role)
-            self._known_users.add(who.user)
+            try:
+                await self.users.create(who.user, role)
+            except Exception:  # busy, or whatever the driver raised: the client retries later
+                raise ReplyError(CONNECT_LATER) from None
         return [user.channel_of(who.user)]
 
     async def rpc(self, who: Principal, method: str, data: bytes) -> bytes:
