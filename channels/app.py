@@ -44,7 +44,7 @@ class FitSyncApplication(Application):
     async def start(self, hub: HubAPI) -> None:
         await self.db.start()
         await self.users.load()
-        self.writer.start()
+        self.writer.start(observer=hub.metrics)
         self.ctx = Context(self.db, self.writer, hub)
         self._rules = {
             rule.namespace: rule

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from hub import http_api
 from hub.broker.base import Broker
 from hub.broker.memory import MemoryBroker
+from hub.broker_timing import time_broker_calls
 from hub.broker.redis import RedisBroker
 from hub.config import Settings
 from hub.connection import WEBSOCKET_PATH, HubWebSocketProtocol
@@ -55,6 +56,7 @@ def create_app(settings: Settings, application: Application | None = None) -> St
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         node = Node(settings, make_broker(settings), app_impl)
+        time_broker_calls(node.broker, node.metrics)
         await node.start()
         try:
             yield {"node": node, "drain": DrainState(), "origins": OriginPolicy(
@@ -86,6 +88,7 @@ def uvicorn_config(settings: Settings, app: Starlette, **extra: Any) -> uvicorn.
         "lifespan": "on",
         "log_level": "info",
         "access_log": False,
+        "log_config": None,  # `hub.logs` formats every logger, uvicorn's too
     }
     return uvicorn.Config(app, **{**options, **extra})
 

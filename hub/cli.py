@@ -6,10 +6,11 @@ import logging
 import os
 import resource
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 
-from hub import auth
+from hub import __version__, auth, logs
 from hub.config import Settings
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -24,20 +25,47 @@ def serve(
     redis_url: Annotated[str | None, typer.Option(help="[HUB_REDIS_URL]")] = None,
 ) -> None:
     """Run the hub. Flags override the environment."""
-    from hub.app import serve as run
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env(host=host, port=port, database_url=database_url,
                                  redis_url=redis_url)
+    logs.configure(settings.log_format, sentry_dsn=os.environ.get("SENTRY_DSN") or None)
+    from hub.app import serve as run  # after logging is set up: its imports log
+
+    log = logging.getLogger("hub")
+    log.info("FitSync Hub %s on %s:%d: database %s, broker %s", __version__, settings.host,
+             settings.port, _database_of(settings), _broker_of(settings))
     if settings.dev_mode:
-        _print_dev_banner(settings)
+        _print_dev_banner(settings, log)
     run(settings)
 
 
-def _print_dev_banner(settings: Settings) -> None:
+def _database_of(settings: Settings) -> str:
+    """Where the data lives, without the password."""
+    from sqlalchemy.engine import make_url
+
+    from models.db import normalize_url
+
+    url = make_url(normalize_url(settings.database_url))
+    if url.get_backend_name() == "sqlite":
+        return f"SQLite {url.database}"
+    return f"PostgreSQL {url.host}:{url.port or 5432}/{url.database}"
+
+
+def _broker_of(settings: Settings) -> str:
+    if not settings.redis_url:
+        return "in-process (one node)"
+    hosts = [urlsplit(url.strip()).hostname or "?" for url in settings.redis_url.split(",")]
+    return f"Redis at {', '.join(hosts)}"
+
+
+def _print_dev_banner(settings: Settings, log: logging.Logger) -> None:
     assert settings.jwt_secret is not None
     token = auth.mint(settings.jwt_secret, "athlete-1", "athlete", ttl=24 * 3600)
     base = f"http://{settings.host}:{settings.port}"
+    if settings.log_format == "json":  # one record, so every line stays one JSON object
+        log.warning("development mode (HUB_JWT_SECRET not set): a generated secret and a token "
+                    "for athlete-1 valid 24 h", extra={"jwt_secret": settings.jwt_secret,
+                                                       "token": token, "url": f"{base}/"})
+        return
     typer.echo(
         "\nFitSync Hub in development mode (HUB_JWT_SECRET not set).\n"
         f"  JWT secret (HS256): {settings.jwt_secret}\n"

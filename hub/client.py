@@ -21,7 +21,7 @@ import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hub import __version__, auth
+from hub import __version__, auth, logs
 from hub.broker.base import ClientInfo, StreamPosition
 from hub.protocol import messages
 from hub.protocol.codec import Codec, Message
@@ -192,8 +192,13 @@ class Client:
         if handler is None:
             self._answer_error(command_id, "unknown", ErrorCode.METHOD_NOT_FOUND)
             return
+        body = command.get(method) or {}
+        channel = body.get("channel")
+        logs.bind_command(self.id, self.principal.user,
+                          channel if isinstance(channel, str) else None)
+        started = time.perf_counter()
         try:
-            result = await handler(self, command.get(method) or {})
+            result = await handler(self, body)
         except ReplyError as exc:
             self._answer_error(command_id, method, exc.error)
         except DisconnectError as exc:
@@ -208,6 +213,7 @@ class Client:
                 self.send(messages.reply(command_id, method, result))
                 if method in ("subscribe", "connect"):
                     self._release_parked()
+        self.node.metrics.command_timer(method).observe(time.perf_counter() - started)
 
     def _answer_error(self, command_id: Any, method: str, error: Any) -> None:
         self.node.metrics.command(method, f"error_{error.code}").inc()

@@ -65,6 +65,8 @@ class Settings:
     without an `Origin` header are always allowed."""
 
     coach_model: str = "gpt-4o-mini"
+    log_format: str = "text"
+    """`text`: human-readable lines; `json`: one JSON object per line, for log shippers."""
     coach_api_key: str | None = None
     """Unset: `OPENAI_API_KEY`. Neither set: `coach.ask` answers 108 saying how to set one."""
     coach_base_url: str | None = None
@@ -118,6 +120,8 @@ class Settings:
         settings = cls(**values)
         if settings.pong_timeout >= settings.ping_interval:
             raise ValueError("HUB_PONG_TIMEOUT must be shorter than HUB_PING_INTERVAL")
+        if settings.log_format not in ("text", "json"):
+            raise ValueError(f"HUB_LOG_FORMAT must be text or json, got {settings.log_format!r}")
         if settings.drain_refuse_delay + settings.drain_seconds >= settings.shutdown_timeout:
             raise ValueError("HUB_DRAIN_REFUSE_DELAY + HUB_DRAIN_SECONDS must be shorter than "
                              "HUB_SHUTDOWN_TIMEOUT")

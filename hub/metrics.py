@@ -1,8 +1,38 @@
-"""Prometheus metrics. Counters are bumped once per publication, never once per delivery."""
+"""Prometheus metrics. Counters are bumped once per publication, never once per delivery.
+
+Histograms observe once per command, per broker call and per database transaction (a batch of
+events), never per delivery: an observation costs about half a microsecond.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+import platform
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from hub import __version__
+from hub.protocol.codes import Disconnect, DisconnectCode
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+"""Seconds, from half a millisecond (a broker call on the same machine) to ten seconds (an
+outage's timeout): alerts read the tail from them."""
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+"""Events per transaction, up to the event writer's `max_batch` (500)."""
+
+SLOW_CLIENT_REASONS: dict[str, Disconnect] = {
+    "write_buffer": DisconnectCode.SLOW,
+    "no_pong": DisconnectCode.NO_PONG,
+    "command_queue": DisconnectCode.TOO_MANY_REQUESTS,
+}
+"""Why a client that could not keep up was cut: more outbound bytes waiting than
+HUB_WRITE_BUFFER_BYTES (3008), no pong within HUB_PONG_TIMEOUT (3012), more commands queued
+than it is allowed (3013)."""
 
 
 class Metrics:
@@ -11,6 +41,45 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.build_info = Gauge(
+            "fitsync_build_info", "Always 1; the labels say which build this node runs",
+            ["version", "python"], registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.draining = Gauge(
+            "fitsync_draining",
+            "1 while this node drains for shutdown (readiness fails, clients are moved away)",
+            registry=r,
+        )
+        self.command_duration = Histogram(
+            "fitsync_command_duration_seconds",
+            "Client commands from dispatch to reply, by method (a publish's reply is its ack)",
+            ["method"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self._duration_children: dict[str, Histogram] = {}
+        self.broker_round_trip = Histogram(
+            "fitsync_broker_round_trip_seconds",
+            "Broker calls from request to reply, by operation", ["operation"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.broker_errors = Counter(
+            "fitsync_broker_errors", "Broker calls that raised, by operation", ["operation"],
+            registry=r,
+        )
+        self.db_commit = Histogram(
+            "fitsync_db_commit_seconds",
+            "Event-writer transactions that committed, from sending the batch to its result",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.db_commit_failures = Counter(
+            "fitsync_db_commit_failures",
+            "Event-writer transactions that failed (their events get the temporary error)",
+            registry=r,
+        )
+        self.event_batch_size = Histogram(
+            "fitsync_event_batch_size", "Events per committed event-writer transaction",
+            buckets=BATCH_SIZE_BUCKETS, registry=r,
+        )
         self.connections = Gauge("fitsync_connections", "Open client connections", registry=r)
         self.subscriptions = Gauge(
             "fitsync_subscriptions", "Channel subscriptions on this node", registry=r
@@ -30,6 +99,7 @@ class Metrics:
             registry=r,
         )
         self._command_children: dict[tuple[str, str], Counter] = {}
+        r.register(_SlowClientDisconnects(self.disconnects))
         self.dropped = Counter(
             "fitsync_dropped_messages",
             "Messages that did not reach a client because it was cut as slow",
@@ -43,3 +113,42 @@ class Metrics:
         if child is None:
             child = self._command_children[(method, result)] = self.commands.labels(method, result)
         return child
+
+    def command_timer(self, method: str) -> Histogram:
+        """The per-method duration child, looked up once (as `command`)."""
+        child = self._duration_children.get(method)
+        if child is None:
+            child = self._duration_children[method] = self.command_duration.labels(method)
+        return child
+
+    def batch_finished(self, size: int, seconds: float, committed: bool) -> None:
+        """The event writer's observer (`models.event_writer.BatchObserver`): one call per
+        transaction, committed or failed."""
+        if committed:
+            self.db_commit.observe(seconds)
+            self.event_batch_size.observe(size)
+        else:
+            self.db_commit_failures.inc()
+
+
+class _SlowClientDisconnects(Collector):
+    """`fitsync_slow_client_disconnects_total{reason}`, read from the disconnect counts of
+    `SLOW_CLIENT_REASONS`' codes at each scrape, so no caller counts a cut twice."""
+
+    def __init__(self, disconnects: Counter) -> None:
+        self._disconnects = disconnects
+
+    def collect(self) -> Iterator[Metric]:
+        by_code = {
+            sample.labels["code"]: sample.value
+            for metric in self._disconnects.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        }
+        family = CounterMetricFamily(
+            "fitsync_slow_client_disconnects",
+            "Clients cut because they could not keep up, by reason", labels=["reason"],
+        )
+        for reason, disconnect in SLOW_CLIENT_REASONS.items():
+            family.add_metric([reason], by_code.get(str(disconnect.code), 0.0))
+        yield family

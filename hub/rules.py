@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from starlette.routing import BaseRoute
 
 from hub.broker.base import ClientInfo, HistoryOptions, StreamPosition
+from hub.metrics import Metrics
 from hub.protocol.codes import ErrorCode, ReplyError
 
 
@@ -46,6 +47,9 @@ class ChannelOptions:
 
 class HubAPI(Protocol):
     """What rules may ask of the hub: publish, and take subscriptions or connections away."""
+
+    metrics: Metrics
+    """The node's Prometheus metrics, where the application's own parts report too."""
 
     async def publish(
         self, channel: str, data: bytes, *, info: ClientInfo | None = None

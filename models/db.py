@@ -18,6 +18,7 @@ migrate once).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,10 +26,13 @@ from typing import Any, Literal
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+
+log = logging.getLogger("models.db")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -99,8 +103,11 @@ def alembic_config(connection: Connection) -> Config:
     return config
 
 
-def _upgrade_to_head(connection: Connection) -> None:
+def _upgrade_to_head(connection: Connection) -> tuple[str | None, str | None]:
+    """Upgrade; the schema's revision before and after."""
+    before = MigrationContext.configure(connection).get_current_revision()
     command.upgrade(alembic_config(connection), "head")
+    return before, MigrationContext.configure(connection).get_current_revision()
 
 
 class Database:
@@ -152,10 +159,16 @@ class Database:
                     await conn.execute(
                         text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
                     )
-                await conn.run_sync(_upgrade_to_head)
+                before, after = await conn.run_sync(_upgrade_to_head)
         except BaseException:
             await self.close()
             raise
+        # One line for the whole upgrade (alembic's own step-by-step lines are kept quiet).
+        if before == after:
+            log.info("%s database schema at revision %s", self.dialect, after)
+        else:
+            log.info("%s database schema migrated from %s to %s", self.dialect,
+                     before or "empty", after)
 
     async def _switch_to_wal(self) -> None:
         """Open a first connection, retrying while the file is busy.

@@ -60,6 +60,13 @@ class Batches(Protocol):
     async def close(self) -> None: ...
 
 
+class BatchObserver(Protocol):
+    """Told of every transaction the writer ends, for metrics: `size` events, `seconds` from
+    sending the batch to its result. Called on the event loop; must not block."""
+
+    def batch_finished(self, size: int, seconds: float, committed: bool) -> None: ...
+
+
 class SqliteBatches:
     """SQLite through SQLAlchemy Core, in a `BEGIN IMMEDIATE` transaction from
     `Database.write()`."""
@@ -154,12 +161,15 @@ class EventWriter:
         """Set by `start()`. Futures are made on it directly: on Python 3.11 every
         `get_running_loop()` is a `getpid()` system call, a few microseconds per event."""
         self._closing = False
+        self._observer: BatchObserver | None = None
         self.batches_committed = 0
         """Transactions committed so far: with `events_committed`, shows how well commits group."""
         self.events_committed = 0
 
-    def start(self) -> None:
+    def start(self, observer: BatchObserver | None = None) -> None:
+        """Begin accepting events; `observer` hears of each transaction from now on."""
         self._loop = asyncio.get_running_loop()
+        self._observer = observer
 
     async def close(self) -> None:
         """Refuse new events, commit every queued one, then release the connections."""
@@ -199,12 +209,14 @@ class EventWriter:
         queue = self._queue
         batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
         transaction = self._batches.commit([event for event, _ in batch])
-        self._in_flight = self._loop.create_task(self._settle(batch, transaction))
+        sent_at = self._loop.time()
+        self._in_flight = self._loop.create_task(self._settle(batch, transaction, sent_at))
 
     async def _settle(
         self,
         batch: list[_Pending],
         transaction: Coroutine[Any, Any, list[EventOutcome]],
+        sent_at: float,
     ) -> None:
         """Await the batch's transaction, send the next batch, then resolve this one's
         futures: outcomes, or the error for all of them. Cancelled (the loop is shutting
@@ -215,11 +227,13 @@ class EventWriter:
             self._in_flight = None
             raise
         except Exception as exc:  # noqa: BLE001 - whatever failed, the callers must hear
+            self._observe(len(batch), sent_at, committed=False)
             self._send_next()
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
         else:
+            self._observe(len(batch), sent_at, committed=True)
             self._send_next()
             self.batches_committed += 1
             self.events_committed += sum(o.status == "stored" for o in outcomes)
@@ -228,6 +242,10 @@ class EventWriter:
                     future.set_result(outcome)
         finally:
             _fail(batch)
+
+    def _observe(self, size: int, sent_at: float, committed: bool) -> None:
+        if self._observer is not None and self._loop is not None:
+            self._observer.batch_finished(size, self._loop.time() - sent_at, committed)
 
     def _send_next(self) -> None:
         self._in_flight = None
