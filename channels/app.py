@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from starlette.routing import BaseRoute
 
-from channels import api, coach, session, trainer, user
+from channels import api, coach, dev_login, session, trainer, user, web
 from channels.base import Context, parse_object
 from hub.config import Settings
 from hub.protocol.codes import ErrorCode, ReplyError
@@ -89,6 +89,11 @@ class FitSyncApplication(Application):
 
     def routes(self) -> list[BaseRoute]:
         return api.routes(lambda: self._context())
+
+    def public_routes(self) -> list[BaseRoute]:
+        """The web app (pages, assets, session snapshot) and, in development, the dev login."""
+        return [*dev_login.routes(self.settings, self._context),
+                *web.routes(self.settings, self._context)]
 
     def _context(self) -> Context:
         assert self.ctx is not None, "the application has not started"

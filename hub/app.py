@@ -14,9 +14,6 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
 
 from hub import http_api
 from hub.broker.base import Broker
@@ -24,7 +21,7 @@ from hub.broker.memory import MemoryBroker
 from hub.broker_timing import time_broker_calls
 from hub.broker.redis import RedisBroker
 from hub.config import Settings
-from hub.connection import WEBSOCKET_PATH, HubWebSocketProtocol
+from hub.connection import HubWebSocketProtocol
 from hub.drain import DrainingServer, DrainState
 from hub.node import Node
 from hub.origins import OriginPolicy
@@ -64,17 +61,8 @@ def create_app(settings: Settings, application: Application | None = None) -> St
         finally:
             await node.close()
 
-    routes = [Route("/", index), *http_api.routes(app_impl.routes())]
+    routes = [*http_api.routes(app_impl.routes()), *app_impl.public_routes()]
     return Starlette(routes=routes, lifespan=lifespan)
-
-
-async def index(request: Request) -> Response:
-    return HTMLResponse(
-        "<!doctype html><title>FitSync Hub</title><h1>FitSync Hub</h1>"
-        f"<p>WebSocket endpoint: <code>{WEBSOCKET_PATH}</code> (Centrifuge protocol v2).</p>"
-        "<p>Health: <a href=/healthz>/healthz</a> · <a href=/readyz>/readyz</a> · "
-        "<a href=/metrics>/metrics</a></p>"
-    )
 
 
 def uvicorn_config(settings: Settings, app: Starlette, **extra: Any) -> uvicorn.Config:

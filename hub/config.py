@@ -65,6 +65,9 @@ class Settings:
     without an `Origin` header are always allowed."""
 
     coach_model: str = "gpt-4o-mini"
+    dev_login: bool = False
+    """Serve the web app's dev-only token endpoint even with a configured secret (HS256 only).
+    In development mode it is always served; otherwise, unset, it does not exist."""
     log_format: str = "text"
     """`text`: human-readable lines; `json`: one JSON object per line, for log shippers."""
     coach_api_key: str | None = None
@@ -129,11 +132,24 @@ class Settings:
             raise ValueError("HUB_COACH_LEASE must be at least twice HUB_COACH_SAVE_INTERVAL")
         if settings.jwt_secret is None and settings.jwt_public_key is None:
             settings = replace(settings, jwt_secret=secrets.token_urlsafe(32), dev_mode=True)
+        if settings.dev_login and settings.jwt_secret is None:
+            raise ValueError("HUB_DEV_LOGIN needs HUB_JWT_SECRET: the dev login mints HS256 tokens")
         return settings
+
+    @property
+    def dev_login_enabled(self) -> bool:
+        """Whether the dev-only token endpoint exists: development mode or HUB_DEV_LOGIN=1."""
+        return self.dev_mode or self.dev_login
 
 
 def _parse(kind: Any, raw: str, name: str) -> Any:
     kind = str(kind)
+    if kind.startswith("bool"):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"HUB_{name.upper()} must be 1 or 0, got {raw!r}")
     if kind.startswith("tuple"):
         return tuple(item.strip() for item in raw.split(",") if item.strip())
     try:

@@ -163,3 +163,9 @@ class Application(ABC):
     def routes(self) -> list[BaseRoute]:
         """HTTP API routes of the application, served under the hub's API key."""
         return []
+
+    def public_routes(self) -> list[BaseRoute]:
+        """Routes served without the API key: the application's web pages, their assets, and
+        endpoints that authenticate on their own. Matched after the hub's routes, so they
+        cannot shadow `/healthz`, `/readyz`, `/metrics` or `/api/*`."""
+        return []

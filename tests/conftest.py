@@ -11,7 +11,7 @@ import pytest
 
 from tests.harness import Recorder, RunningHub, start_hub, test_settings
 
-pytest_plugins = ["tests.db_fixtures", "tests.raw"]
+pytest_plugins = ["tests.db_fixtures", "tests.raw", "tests.web_fixtures"]
 
 ConnectClient = Callable[..., Awaitable[tuple[centrifuge.Client, Recorder]]]
 

@@ -1,0 +1,224 @@
+"""The web app in a real browser (Debian's chromium through Playwright) against a real hub:
+what a trainer and an athlete see, and that reconnects lose and repeat nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import centrifuge
+
+from hub.protocol.codes import DisconnectCode
+from simulator import Device, DeviceReport
+from tests.harness import RunningHub
+from tests.web_fixtures import OpenPage, WebPage, set_up_demo
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+ROWS = "section.session table.sets tbody tr"
+
+
+async def dev_hub(make_hub: Any) -> RunningHub:
+    hub: RunningHub = await make_hub(dev_login=True)
+    return hub
+
+
+def device(hub: RunningHub, athlete: str, name: str, hr_share: float) -> Device:
+    device_id = f"{athlete}-{name}"
+    return Device(hub.ws_url, hub.token(athlete, "device", device=device_id), device_id,
+                  hr_share=hr_share)
+
+
+def acked_sets(*reports: DeviceReport) -> set[str]:
+    return {event_id for r in reports for event_id, kind in r.acked.items() if kind == "set"}
+
+
+async def shown_sets(web: WebPage) -> list[str]:
+    ids: list[str] = await web.page.eval_on_selector_all(
+        ROWS, "rows => rows.map(r => r.dataset.eventId)")
+    return ids
+
+
+async def wait_for_rows(web: WebPage, count: int) -> None:
+    await web.wait_for(f"() => document.querySelectorAll({ROWS!r}).length >= {count}")
+
+
+async def chart_points(web: WebPage, chart: str) -> int:
+    return int(await web.page.get_attribute(f"[data-testid={chart}]", "data-points") or 0)
+
+
+async def trainer_watching(open_page: OpenPage, hub: RunningHub, client: str) -> WebPage:
+    """The demo trainer's page, on the client's page; the client is live already."""
+    web = await open_page(hub, "demo-trainer", "trainer")
+    await web.page.click(f'.card[data-user="{client}"][data-live=true]', timeout=15_000)
+    await web.page.wait_for_selector("section.session")
+    return web
+
+
+async def test_trainer_sees_a_simulated_clients_sets_appear_live_and_the_chart_grow(
+    make_hub: Any, open_page: OpenPage
+) -> None:
+    hub = await dev_hub(make_hub)
+    client = (await set_up_demo(hub, athletes=1))["athletes"][0]["user_id"]
+    web = await open_page(hub, "demo-trainer", "trainer")
+    strap, watch = device(hub, client, "strap", 1.0), device(hub, client, "watch", 0.0)
+    for d in (strap, watch):
+        await d.connect()
+    session_id = await watch.start_session("leg day")
+
+    await web.page.click(f'.card[data-user="{client}"][data-live=true]', timeout=15_000)
+    await web.page.wait_for_selector("section.session")
+    first = await watch.run(session_id, count=4)
+    beats = await strap.run(session_id, count=3)
+    await wait_for_rows(web, 4)
+    volume_before, hr_before = await chart_points(web, "volume-chart"), await chart_points(
+        web, "hr-chart")
+    second = await watch.run(session_id, count=4)
+    await strap.run(session_id, count=2)
+    await wait_for_rows(web, 8)
+    await web.wait_for("() => document.querySelector('[data-testid=hr-chart]').dataset.points"
+                       " >= 25")
+
+    assert sorted(await shown_sets(web)) == sorted(acked_sets(first, second))
+    assert (volume_before, await chart_points(web, "volume-chart")) == (4, 8)
+    assert hr_before >= 15 and beats.acked, "3 hr events of 5 samples were shown before"
+    if os.environ.get("FITSYNC_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        await web.page.screenshot(path=str(SCREENSHOTS / "trainer-live.png"), full_page=True)
+
+    await watch.end_session(session_id)
+    await web.page.wait_for_selector("[data-testid=summary]:has-text('Session ended: 8 sets')")
+    for d in (strap, watch):
+        await d.close()
+
+
+async def test_presence_shows_a_second_watcher_joining_and_leaving(
+    make_hub: Any, open_page: OpenPage
+) -> None:
+    hub = await dev_hub(make_hub)
+    client = (await set_up_demo(hub, athletes=1, trainers=2))["athletes"][0]["user_id"]
+    watch = device(hub, client, "watch", 0.0)
+    await watch.connect()
+    session_id = await watch.start_session()
+    web = await trainer_watching(open_page, hub, client)
+    watchers = "[data-testid=watchers]"
+    await web.page.wait_for_selector(f"{watchers}:has-text('demo-trainer (you)')")
+
+    other = centrifuge.Client(hub.ws_url, token=hub.token("demo-trainer-2", "trainer"))
+    await other.connect()
+    sub = other.new_subscription(f"session:{session_id}")
+    await sub.subscribe()
+    await web.page.wait_for_selector(f"{watchers}:has-text('demo-trainer-2')")
+    await sub.unsubscribe()
+    await web.wait_for(
+        "() => !document.querySelector('[data-testid=watchers]').textContent"
+        ".includes('demo-trainer-2')")
+    await other.disconnect()
+    await watch.close()
+
+
+async def test_athlete_logs_a_set_by_hand_and_sees_the_validation_error_for_a_bad_one(
+    make_hub: Any, open_page: OpenPage
+) -> None:
+    hub = await dev_hub(make_hub)
+    web = await open_page(hub, None)
+    page = web.page
+    await page.click("[data-testid=demo-athlete]")
+    await page.wait_for_selector("#conn[data-state=live]")
+    await page.click("text=Start session")
+    await page.fill("input[name=exercise]", "bench press")
+    await page.fill("input[name=reps]", "5")
+    await page.fill("input[name=weight_kg]", "80")
+    await page.click("text=Log set")
+    await wait_for_rows(web, 1)
+    assert "bench press" in await page.inner_text(ROWS)
+
+    await page.fill("input[name=reps]", "5000")
+    await page.click("text=Log set")
+    reps_error = "[data-error-for=reps]"
+    await page.wait_for_selector(f"{reps_error}:has-text('from 0 to 1000')")
+    await page.fill("input[name=reps]", "5")
+    await page.fill("input[name=weight_kg]", "2000")
+    await page.click("text=Log set")
+    await page.wait_for_selector("[data-error-for=weight_kg]:not(:empty)")
+    assert await page.inner_text(reps_error) == "", "the old error is cleared"
+    await asyncio.sleep(0.5)  # a bad set that was broadcast anyway would show by now
+    assert len(await shown_sets(web)) == 1
+
+
+async def test_after_the_socket_is_cut_by_the_server_every_event_is_shown_exactly_once(
+    make_hub: Any, open_page: OpenPage
+) -> None:
+    hub = await dev_hub(make_hub)
+    client = (await set_up_demo(hub, athletes=1))["athletes"][0]["user_id"]
+    watch = device(hub, client, "watch", 0.0)
+    await watch.connect()
+    session_id = await watch.start_session()
+    web = await trainer_watching(open_page, hub, client)
+
+    streaming = asyncio.create_task(watch.run(session_id, count=40, rate=20))
+    await wait_for_rows(web, 5)
+    cut = await hub.node.disconnect_user("demo-trainer", DisconnectCode.FORCE_RECONNECT)
+    assert cut == 1
+    report = await streaming
+    await wait_for_rows(web, 40)
+
+    shown = await shown_sets(web)
+    assert sorted(shown) == sorted(acked_sets(report)) and len(shown) == 40
+    history = (await web.metrics())["state"]
+    assert "reconnecting" in history and history[-1] == "recovered", history
+    assert await chart_points(web, "volume-chart") == 40
+    await watch.close()
+
+
+async def test_events_the_hub_can_no_longer_recover_are_reloaded_and_shown_exactly_once(
+    make_hub: Any, open_page: OpenPage
+) -> None:
+    hub = await dev_hub(make_hub)
+    client = (await set_up_demo(hub, athletes=1))["athletes"][0]["user_id"]
+    watch = device(hub, client, "watch", 0.0)
+    await watch.connect()
+    session_id = await watch.start_session()
+    web = await trainer_watching(open_page, hub, client)
+    before = await watch.run(session_id, count=3)
+    await wait_for_rows(web, 3)
+
+    await web.context.set_offline(True)  # the page cannot reconnect until it is back online
+    await hub.node.disconnect_user("demo-trainer", DisconnectCode.FORCE_RECONNECT)
+    await web.wait_for("() => document.querySelector('#conn').dataset.state !== 'live'")
+    # More than the session channel's history keeps (1,000): recovery cannot succeed.
+    missed = await watch.run(session_id, count=1010)
+    await web.context.set_offline(False)
+    await web.page.wait_for_selector("#conn[data-state=reloaded]", timeout=30_000)
+    await wait_for_rows(web, 1013)
+
+    shown = await shown_sets(web)
+    assert len(shown) == len(set(shown)) == 1013
+    assert set(shown) == acked_sets(before, missed)
+    await watch.close()
+
+
+async def test_in_production_mode_there_are_no_demo_buttons_and_a_pasted_token_signs_in(
+    hub: RunningHub, open_page: OpenPage
+) -> None:
+    web = await open_page(hub, None)
+    page = web.page
+    await page.wait_for_selector("textarea[name=token]")
+    await asyncio.sleep(0.5)  # the page has asked /dev/login by now
+    assert await page.locator("[data-testid^=demo-]").count() == 0
+    await page.fill("textarea[name=token]", hub.token("pasted-athlete", ttl=600))
+    await page.click("button:has-text('Sign in')")
+    await page.wait_for_selector("#conn[data-state=live]")
+    assert "pasted-athlete" in await page.inner_text("#who")
+    await page.wait_for_selector("text=Start session")
+
+
+async def test_the_dev_sign_in_refreshes_its_token_through_get_token_and_stays_live(
+    make_hub: Any, open_page: OpenPage
+) -> None:
+    hub = await dev_hub(make_hub)
+    web = await open_page(hub, "demo-athlete", query="?token_ttl=5")
+    await web.wait_for("() => window.fitsyncMetrics.tokensFetched >= 3")
+    metrics = await web.metrics()
+    assert "disconnected" not in metrics["state"] and await web.state() == "live"
