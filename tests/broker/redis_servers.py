@@ -107,8 +107,18 @@ class RedisServer:
             self.process.wait()
             self.process = None
 
+    def pause(self) -> None:
+        """SIGSTOP: the server still accepts connections but answers nothing (a hung host)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None:
+            self.resume()
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)

@@ -299,6 +299,25 @@ async def test_calls_fail_promptly_when_redis_is_unreachable(
             await asyncio.wait_for(call, timeout=10.0)
 
 
+async def test_calls_to_a_redis_that_stopped_answering_time_out_then_recover(
+    private_redis: RedisServer, start_node: StartNode, channel: str
+) -> None:
+    broker, node = await start_node()
+    await broker.subscribe(channel)
+    private_redis.pause()
+    try:
+        with pytest.raises(BrokerUnavailable):
+            await asyncio.wait_for(broker.publish(channel, b"{}", history=HISTORY), 10.0)
+        with pytest.raises(BrokerUnavailable):
+            await asyncio.wait_for(broker.ping(), 10.0)
+    finally:
+        private_redis.resume()
+
+    await eventually_succeeds(broker.ping)
+    await eventually_succeeds(lambda: broker.publish(channel, b'{"after":1}', history=HISTORY))
+    await eventually(lambda: b'{"after":1}' in node.data_in(channel))
+
+
 async def test_start_fails_when_redis_cannot_be_reached() -> None:
     with redis_server() as server:
         url = server.url
