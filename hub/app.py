@@ -18,7 +18,6 @@ from starlette.applications import Starlette
 from hub import http_api
 from hub.broker.base import Broker
 from hub.broker.memory import MemoryBroker
-from hub.broker.redis import RedisBroker
 from hub.broker_timing import time_broker_calls
 from hub.broker.redis import RedisBroker
 from hub.config import Settings
