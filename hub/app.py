@@ -70,6 +70,7 @@ def uvicorn_config(settings: Settings, app: Starlette, **extra: Any) -> uvicorn.
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
+        "backlog": settings.listen_backlog,
         "ws": HubWebSocketProtocol,
         "http": "httptools",
         "loop": "uvloop",

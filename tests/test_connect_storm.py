@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -213,3 +214,14 @@ async def test_with_the_database_unreachable_known_users_connect_and_new_ones_re
         if hub is not None:
             await hub.stop()
         await drop_postgres_database(url)
+
+
+async def test_the_listen_queue_is_as_long_as_configured(make_hub: MakeHub) -> None:
+    hub = await make_hub(listen_backlog=77)
+
+    listening = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{hub.settings.port}"], capture_output=True, text=True,
+        check=True,
+    ).stdout.split()
+
+    assert listening[0] == "LISTEN" and listening[2] == "77"  # Send-Q: the backlog
