@@ -29,8 +29,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
-import random
 import secrets
 import shutil
 import subprocess
@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,7 +49,7 @@ from fanout import SERVER_CORE, prepare_process, wait_quiet
 from ingest import DEFAULT_ADMIN_URL, MeasuredCpu, environment, fresh_database, postgres_pids
 from ingest import verify as verify_stored
 from procstat import process_tree, rss_kib
-from product_clients import Ledger, OpenLoopFleet, StormClient, StormTally, Watcher
+from product_clients import Ledger, OpenLoopFleet, Watcher, storm_worker
 from servers import ServerProcess, start_hub, wait_healthy
 
 from hub import auth
@@ -67,6 +68,9 @@ def running_hub(database_url: str, settings: dict[str, str]) -> Iterator[ServerP
     try:
         wait_healthy(server)
         yield server
+    except BaseException:
+        print(f"hub log, last lines:\n{server.log_tail()}", file=sys.stderr)
+        raise
     finally:
         server.stop()
 
@@ -222,7 +226,7 @@ async def bench_load(args: argparse.Namespace) -> dict[str, Any]:
                 await wait_until(measured)
                 async with RssPeak(server.pid) as rss:
                     window = MeasuredCpu(cpu_groups(server))
-                    with py_spy(server.pid, args.seconds, args.py_spy):
+                    with py_spy(server.pid, args.py_spy_seconds or args.seconds, args.py_spy):
                         await wait_until(end)
                         cpu, others = window.stop()
                 drained = await drain(ledger, args.drain_seconds)
@@ -248,25 +252,50 @@ async def bench_load(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def bench_storm(args: argparse.Namespace) -> dict[str, Any]:
-    ledger, tally = Ledger(), StormTally()
+    ledger = Ledger()
     run_id = secrets.token_hex(3)
     users = [f"storm-{run_id}-u{i}" for i in range(args.storm)]
     async with fresh_database(args.postgres, "storm") as url:
         await migrate(url, users if args.storm_users == "known" else [])
         with running_hub(url, args.hub_settings) as server:
-            tokens = [auth.mint(server.jwt_secret, u, "athlete") for u in users]
-            rng = random.Random(run_id)
-            storm = [StormClient("127.0.0.1", server.port, "/connection/websocket", t, tally,
-                                 rng) for t in tokens]
-            try:
+            spec = {
+                "host": "127.0.0.1", "port": server.port, "path": "/connection/websocket",
+                "tokens": [auth.mint(server.jwt_secret, u, "athlete") for u in users],
+                "seed": run_id, "deadline_s": args.storm_deadline,
+                "reply_timeout": args.storm_timeout,
+            }
+            with storm_process(spec) as (pipe, storm_pid):
                 async with live_load(server, url, args, ledger) as fleet:
-                    result = await _storm_under_load(args, server, fleet, ledger, tally, storm)
-            finally:
-                for client in storm:
-                    client.abort()
+                    result = await _storm_under_load(
+                        args, server, fleet, ledger, pipe, storm_pid
+                    )
         check = await verify_stored(url, set(ledger.acked))
     result["check"] = check
     return result
+
+
+@contextlib.contextmanager
+def storm_process(spec: dict[str, Any]) -> Iterator[tuple[Connection, int]]:
+    """The storm's clients in a process of their own (`product_clients.storm_worker`), on the
+    load core like this one; stopped on exit."""
+    parent, child = multiprocessing.get_context("spawn").Pipe()
+    process = multiprocessing.get_context("spawn").Process(
+        target=storm_worker, args=(child, spec), daemon=True
+    )
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(120) or parent.recv() != "ready":
+            raise RuntimeError("the storm process did not start")
+        assert process.pid is not None
+        yield parent, process.pid
+    finally:
+        with contextlib.suppress(OSError):
+            parent.send("close")
+        process.join(timeout=30)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=5)
 
 
 async def _storm_under_load(
@@ -274,9 +303,10 @@ async def _storm_under_load(
     server: ServerProcess,
     fleet: OpenLoopFleet,
     ledger: Ledger,
-    tally: StormTally,
-    storm: list[StormClient],
+    pipe: Connection,
+    storm_pid: int,
 ) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
     rate = args.rate / args.athletes
     start = time.perf_counter() + 0.2
     before = start + args.warmup_seconds
@@ -284,30 +314,29 @@ async def _storm_under_load(
     fleet.schedule(ledger, rate=rate, jitter=args.jitter, start=start, end=float("inf"))
     await wait_until(storm_at)
     rss_before = rss_kib(server.pid)
-    deadline = storm_at + args.storm_deadline
+    overflows_before = listen_overflows()
     async with RssPeak(server.pid) as rss:
-        window = MeasuredCpu(cpu_groups(server))
-        tally.started = time.perf_counter()
-        for client in storm:
-            client.start(deadline, args.storm_timeout)
-        while (len(tally.connect_s) + tally.gave_up < len(storm)
-               and time.perf_counter() < deadline):
-            await asyncio.sleep(0.05)
-        storm_end = time.perf_counter()
-        cpu, others = window.stop()
+        window = MeasuredCpu({**cpu_groups(server), "storm_clients": [storm_pid]})
+        with py_spy(server.pid, args.py_spy_seconds or 10.0, args.py_spy):
+            pipe.send("go")
+            storm: dict[str, Any] = await loop.run_in_executor(None, pipe.recv)
+            cpu, others = window.stop()
     rss_connected = rss_kib(server.pid)
+    overflows = listen_overflows() - overflows_before
+    storm_end = storm["ended"]
     after_end = storm_end + args.after_seconds
     await wait_until(after_end)
     fleet.stop()
     rss_settled = rss_kib(server.pid)
     await drain(ledger, args.drain_seconds)
-    connected = len(tally.connect_s)
+    connected = storm["connected"]
     per_connection = (rss_settled - rss_before) / connected if connected else None
     return {
-        "storm": tally.summary(len(storm)),
+        "storm": storm,
         "storm_users": args.storm_users,
-        "live_before": ledger.window(before, storm_at),
-        "live_during": ledger.window(storm_at, storm_end),
+        "listen_overflows": overflows,
+        "live_before": ledger.window(before, storm["started"]),
+        "live_during": ledger.window(storm["started"], storm_end),
         "live_after": ledger.window(storm_end, after_end),
         "live_failed": dict(ledger.failed),
         "live_connections_closed": dict(ledger.closed),
@@ -317,6 +346,16 @@ async def _storm_under_load(
                         "peak": rss.peak_kib, "settled": rss_settled},
         "kib_per_connection_settled": round(per_connection, 2) if per_connection else None,
     }
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen queue was full (all
+    sockets of the machine: TcpExt ListenOverflows)."""
+    header, values = [
+        line.split() for line in Path("/proc/net/netstat").read_text().splitlines()
+        if line.startswith("TcpExt:")
+    ][:2]
+    return int(dict(zip(header, values, strict=True))["ListenOverflows"])
 
 
 # -- report -------------------------------------------------------------------------------
@@ -362,13 +401,15 @@ def render_storm(result: dict[str, Any]) -> str:
         ("connect ms p50 / p99 / max (from storm start)", _ms(storm["connect_ms"])),
         ("connected at first attempt", f"{storm['first_attempt_ok']:,}"),
         ("errors", str(storm["errors"] or 0)),
+        ("kernel listen-queue overflows (SYNs dropped)", f"{result['listen_overflows']:,}"),
         ("gave up", str(storm["gave_up"])),
         ("hub KiB per connection (settled)", str(result["kib_per_connection_settled"])),
         ("hub rss MiB before / peak / settled",
          " / ".join(f"{result['hub_rss_kib'][k] / 1024:,.0f}"
                     for k in ("before", "peak", "settled"))),
         ("hub cpu % during storm", str(cpu["cpu_hub"])),
-        ("load cpu % during storm", str(cpu["cpu_load"])),
+        ("load cpu % during storm (live / storm clients)",
+         f"{cpu['cpu_load']} / {cpu['cpu_storm_clients']}"),
         ("postgres cpu % during storm", str(cpu["cpu_postgres"])),
         ("other programs cpu % during storm", str(cpu["cpu_other"])),
     ]
@@ -414,7 +455,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hub", action="append", default=[], metavar="NAME=VALUE",
                         help="a HUB_* setting for the hub (repeatable)")
     parser.add_argument("--py-spy", metavar="PATH",
-                        help="profile the hub with py-spy over the measured window")
+                        help="profile the hub with py-spy over the measured window (storm: "
+                        "from the storm's start)")
+    parser.add_argument("--py-spy-seconds", type=float, default=0.0,
+                        help="how long to profile (default: the measured window; storm 10 s)")
     parser.add_argument("--postgres", default=DEFAULT_ADMIN_URL,
                         help="admin URL to create and drop the bench database")
     parser.add_argument("--quiet-wait-seconds", type=float, default=30.0)

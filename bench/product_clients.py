@@ -304,6 +304,7 @@ class StormTally:
     """`close <code>`, `error <code>`, `client timeout`, `tcp <exception>`, `handshake`."""
     gave_up: int = 0
     last_connect: float = 0.0
+    ended: float = 0.0
 
     def summary(self, clients: int) -> dict[str, Any]:
         connected = len(self.connect_s)
@@ -336,7 +337,9 @@ class StormClient:
         self._connected = False
         self._settled = False
         self._deadline = 0.0
+        self._reply_timeout = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        """The retry's backoff."""
 
     def start(self, deadline: float, reply_timeout: float) -> None:
         """Connect (and retry until `deadline`, perf_counter seconds); each attempt waits at
@@ -373,8 +376,6 @@ class StormClient:
         self._client = client
         client.closed.add_done_callback(lambda closed: self._on_closed(client, closed))
         client.send_text(orjson.dumps({"id": 1, "connect": {"token": self._token}}))
-        remaining = self._reply_timeout - (time.perf_counter() - self._attempt_started)
-        self._timer = asyncio.get_running_loop().call_later(max(0.0, remaining), self._timed_out)
 
     def _on_message(self, message: bytes, _received_ns: int) -> None:
         for line in message.split(b"\n"):
@@ -391,8 +392,6 @@ class StormClient:
         error = reply.get("error")
         if error is None:
             self._settled = self._connected = True
-            if self._timer is not None:
-                self._timer.cancel()
             now = time.perf_counter()
             self._tally.connect_s.append(now - self._tally.started)
             if self._attempt == 1:
@@ -412,16 +411,16 @@ class StormClient:
             reconnect = code < 3500 or 4000 <= code < 4500
             self._fail(f"close {code}", retry=reconnect)
 
-    def _timed_out(self) -> None:
-        if not self._settled:
-            self._fail("client timeout (connect reply)", retry=True)
+    def check_overdue(self, now: float) -> None:
+        """Fail the attempt if its connect reply is `reply_timeout` overdue (see `run_storm`)."""
+        if not self._settled and self._client is not None:
+            if now - self._attempt_started > self._reply_timeout:
+                self._fail("client timeout (connect reply)", retry=True)
 
     def _fail(self, kind: str, *, retry: bool) -> None:
         """Count the failure, drop the attempt's socket, retry after a backoff if allowed."""
         self._settled = True
         self._tally.errors[kind] += 1
-        if self._timer is not None:
-            self._timer.cancel()
         client, self._client = self._client, None
         if client is not None:
             client.abort()
@@ -430,3 +429,62 @@ class StormClient:
             self._tally.gave_up += 1
             return
         self._timer = asyncio.get_running_loop().call_later(delay, self._attempt_now)
+
+
+SWEEP_S = 0.25
+
+
+async def run_storm(clients: list[StormClient], tally: StormTally, *, deadline_s: float,
+                    reply_timeout: float) -> None:
+    """Start every client at once; return when all are connected or gave up, or at the
+    deadline. Overdue replies are looked for every `SWEEP_S`, and only after the loop has
+    polled its sockets once more: after a long iteration, timers run before the reads, and
+    a reply already waiting in a socket would otherwise count as a timeout."""
+    tally.started = time.perf_counter()
+    deadline = tally.started + deadline_s
+    for client in clients:
+        client.start(deadline, reply_timeout)
+    while len(tally.connect_s) + tally.gave_up < len(clients):
+        await asyncio.sleep(SWEEP_S)
+        for _ in range(2):  # two iterations: the first may run before the poll
+            await asyncio.sleep(0)
+        now = time.perf_counter()
+        if now > deadline:
+            break
+        for client in clients:
+            client.check_overdue(now)
+    tally.ended = time.perf_counter()
+
+
+def storm_worker(pipe: Any, spec: dict[str, Any]) -> None:
+    """A process of its own for the storm's clients, so their work does not delay the live
+    sessions' callbacks in the load generator's loop (both share the load core).
+
+    Protocol on `pipe`: sends "ready"; on "go" runs the storm and sends the tally's summary
+    with `started`/`ended` (perf_counter seconds, one clock for all processes); on "close"
+    drops every connection and exits."""
+    import resource
+
+    import uvloop
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        tally = StormTally()
+        rng = random.Random(spec["seed"])
+        clients = [StormClient(spec["host"], spec["port"], spec["path"], token, tally, rng)
+                   for token in spec["tokens"]]
+        pipe.send("ready")
+        assert await loop.run_in_executor(None, pipe.recv) == "go"
+        await run_storm(clients, tally, deadline_s=spec["deadline_s"],
+                        reply_timeout=spec["reply_timeout"])
+        summary = tally.summary(len(clients))
+        pipe.send({**summary, "started": tally.started, "ended": tally.ended})
+        await loop.run_in_executor(None, pipe.recv)
+        for client in clients:
+            client.abort()
+        await asyncio.sleep(0.1)
+
+    uvloop.run(main())

@@ -1,0 +1,67 @@
+"""The product benchmark's clients against a real hub: open-loop devices, trainers, a storm."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from pathlib import Path
+
+from tests.harness import RunningHub, eventually
+from tests.test_simulator import device_tokens
+
+# bench/ is a directory of scripts, not a package; its modules import each other by name.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from product_clients import Ledger, OpenLoopFleet, StormClient, StormTally, Watcher
+
+
+async def test_open_loop_events_are_acked_once_and_reach_the_watching_trainer(
+    hub: RunningHub,
+) -> None:
+    ledger = Ledger()
+    async with OpenLoopFleet(
+        hub.ws_url, device_tokens(hub), athletes=3, devices_per_athlete=1
+    ) as fleet:
+        async with hub.api() as api:
+            for athlete in fleet.athletes:
+                response = await api.put(f"/api/trainers/coach-1/clients/{athlete}")
+                assert response.status_code == 200
+        watcher = Watcher("coach-1", hub.token("coach-1", "trainer"), ledger)
+        await watcher.connect("127.0.0.1", hub.settings.port, "/connection/websocket")
+        await watcher.subscribe([f"session:{s}" for s in fleet.sessions])
+
+        start = time.perf_counter()
+        fleet.schedule(ledger, rate=20.0, jitter=0.5, start=start, end=start + 1.0)
+        await eventually(lambda: len(ledger.sent) == 3 * 20 and ledger.settled(), timeout=30)
+        watcher.abort()
+
+    run = ledger.window(start, start + 1.0)
+    assert run["sent"] == run["acked"] == run["delivered"] == 60
+    assert run["not_acked"] == run["acked_not_delivered"] == 0
+    assert ledger.duplicate_acks == ledger.duplicate_deliveries == 0
+    assert set(run["device_to_trainer_ms"]) == {"p50", "p99", "max"}
+    assert set(ledger.acked) == set(ledger.delivered)
+
+
+async def test_a_storm_connects_everyone_and_counts_refusals_by_close_code(
+    hub: RunningHub,
+) -> None:
+    tally = StormTally(started=time.perf_counter())
+    rng = random.Random(1)
+    tokens = [hub.token(f"storm-{i}") for i in range(30)] + ["not-a-token"]
+    clients = [
+        StormClient("127.0.0.1", hub.settings.port, "/connection/websocket", t, tally, rng)
+        for t in tokens
+    ]
+    for client in clients:
+        client.start(time.perf_counter() + 30, 10.0)
+    await eventually(lambda: len(tally.connect_s) + tally.gave_up == len(clients), timeout=30)
+    summary = tally.summary(len(clients))
+    for client in clients:
+        client.abort()
+    await asyncio.sleep(0)
+
+    assert summary["connected"] == 30 and summary["gave_up"] == 1
+    assert summary["errors"] == {"close 3500": 1}  # an invalid token is terminal: no retry
+    assert summary["all_connected_s"] is None
