@@ -25,6 +25,7 @@ import random
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,8 @@ class DeviceReport:
     first_send: float = 0.0
     last_ack: float = 0.0
     """`time.perf_counter()` of the run's first send and last acknowledgement (0: none yet)."""
+    sent: int = 0
+    """Events sent at least once (read live by the progress display)."""
     retries: int = 0
     reconnects: int = 0
     failed: Counter[int] = field(default_factory=Counter)
@@ -118,26 +121,24 @@ def _is_terminal(closed: ConnectionClosed) -> bool:
     return code == 1009 or 3500 <= code < 4000 or 4500 <= code < 5000
 
 
-class Device:
-    """One wearable: `connect()`, `start_session()` or a known session id, `run()`, `close()`."""
+EventSource = Callable[[str, int], dict[str, Any]]
+"""(event id, now in ms) → the next event to publish; `simulator.workout.Workout` is one."""
 
-    def __init__(
-        self,
-        url: str,
-        token: str,
-        device_id: str,
-        *,
-        hr_share: float = 0.0,
-    ) -> None:
+
+class Connection:
+    """One Centrifuge JSON connection driven command by command: the plumbing that a wearable
+    and a watching trainer (`simulator.watcher`) share. Reads happen only inside a command
+    or `_idle`, so there is no reader task; pushes read meanwhile go to `on_push`."""
+
+    def __init__(self, url: str, token: str, name: str) -> None:
         self.url = url
         self.token = token
-        self.device_id = device_id
-        self.hr_share = hr_share
-        """Fraction of events that are heart-rate batches; the rest are sets."""
-        self._rng = random.Random(device_id)
+        self.name = name
         self._ws: ClientConnection | None = None
         self._command_id = 0
-        self._event_seq = 0
+
+    def on_push(self, push: dict[str, Any]) -> None:
+        """A push read while waiting for a reply or idling; devices ignore them."""
 
     async def connect(self) -> dict[str, Any]:
         """Open the socket and send `connect`; returns the ConnectResult."""
@@ -159,107 +160,6 @@ class Device:
     async def rpc(self, method: str, data: dict[str, Any]) -> Any:
         result = await self._command("rpc", {"method": method, "data": data})
         return result.get("data")
-
-    async def start_session(self, title: str = "") -> str:
-        result = await self.rpc("session.start", {"title": title})
-        return str(result["session_id"])
-
-    async def end_session(self, session_id: str) -> dict[str, Any]:
-        """End the session; returns its summary (sets, reps, volume, heart rate)."""
-        result = await self.rpc("session.end", {"session_id": session_id})
-        summary: dict[str, Any] = result["summary"]
-        return summary
-
-    async def run(
-        self,
-        session_id: str,
-        *,
-        count: int | None = None,
-        rate: float = 0.0,
-        seconds: float | None = None,
-    ) -> DeviceReport:
-        """Publish events into the session, each only after the previous one was acknowledged.
-
-        Stops after `count` events or once `seconds` have passed, whichever comes first.
-        `rate` paces sends in events/s (0: as fast as acks come back); an event that is late
-        leaves at once instead of being skipped, so `count` events are always attempted.
-        A terminal disconnect ends the run early and is noted in `DeviceReport.stopped`.
-        """
-        if count is None and seconds is None:
-            raise ValueError("give `count`, `seconds` or both")
-        report = DeviceReport(self.device_id, session_id)
-        channel = f"session:{session_id}"
-        start = time.perf_counter()
-        stop_at = start + seconds if seconds is not None else float("inf")
-        sent = 0
-        try:
-            while (count is None or sent < count) and time.perf_counter() < stop_at:
-                if rate > 0:
-                    await self._idle(start + sent / rate - time.perf_counter())
-                await self._deliver(channel, self._next_event(), report)
-                sent += 1
-        except (*_CONNECTION_ERRORS, ReplyError) as exc:
-            report.stopped = repr(exc)
-        return report
-
-    def _next_event(self) -> dict[str, Any]:
-        """Event ids are unique per athlete because the device id is part of them."""
-        self._event_seq += 1
-        event_id = f"{self.device_id}-{self._event_seq}"
-        now_ms = int(time.time() * 1000)
-        if self._rng.random() < self.hr_share:
-            return hr_event(event_id, self._rng, now_ms)
-        return set_event(event_id, self._rng, now_ms)
-
-    async def _deliver(self, channel: str, event: dict[str, Any], report: DeviceReport) -> None:
-        """Send until acknowledged or a final error; always the same `event_id`."""
-        body = {"channel": channel, "data": event}
-        sent_at = time.perf_counter()
-        report.first_send = report.first_send or sent_at
-        for attempt in range(MAX_ATTEMPTS):
-            try:
-                if attempt:
-                    report.retries += 1
-                    await self._idle(self._backoff(attempt))
-                await self._command("publish", body)
-            except ReplyError as exc:
-                if not exc.temporary:
-                    report.failed[exc.code] += 1
-                    return
-            except _CONNECTION_ERRORS as exc:
-                await self._reconnect(exc)
-                report.reconnects += 1
-            else:
-                report.record_ack(event, sent_at, time.perf_counter())
-                return
-        report.failed[GAVE_UP] += 1
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential with jitter, so devices that failed together do not retry together."""
-        ceiling = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (attempt - 1))
-        return ceiling * self._rng.uniform(0.5, 1.0)
-
-    async def _reconnect(self, cause: BaseException) -> None:
-        """A new connection after `cause` ended the last one, unless the hub said not to."""
-        if isinstance(cause, ConnectionClosed) and _is_terminal(cause):
-            raise cause
-        await self._abandon()
-        for attempt in range(1, MAX_RECONNECT_ATTEMPTS + 1):
-            await asyncio.sleep(self._backoff(attempt))
-            try:
-                await self.connect()
-                return
-            except _CONNECTION_ERRORS:
-                await self._abandon()
-        raise ConnectionError(
-            f"{self.device_id}: no connection after {MAX_RECONNECT_ATTEMPTS} attempts")
-
-    async def _abandon(self) -> None:
-        """Drop a connection that failed; closing it cleanly may fail too, and does not matter."""
-        try:
-            await self.close()
-        except _CONNECTION_ERRORS:
-            pass
 
     async def _command(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         """Send one command and wait for its reply; an error reply raises `ReplyError`."""
@@ -304,7 +204,8 @@ class Device:
             await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
 
     async def _read_frame(self) -> list[dict[str, Any]]:
-        """One frame's messages (newline-batched), pings answered and left out."""
+        """One frame's messages (newline-batched), pings answered and left out, pushes handed
+        to `on_push`."""
         ws = self._connection()
         frame = await ws.recv(decode=False)
         messages = []
@@ -313,10 +214,144 @@ class Device:
             if line == PING:
                 await ws.send(PING, text=True)
             elif line:
-                messages.append(orjson.loads(line))
+                message = orjson.loads(line)
+                if "push" in message:
+                    self.on_push(message["push"])
+                messages.append(message)
         return messages
 
     def _connection(self) -> ClientConnection:
         if self._ws is None:
-            raise ConnectionError(f"{self.device_id} is not connected")
+            raise ConnectionError(f"{self.name} is not connected")
         return self._ws
+
+
+class Device(Connection):
+    """One wearable: `connect()`, `start_session()` or a known session id, `run()`, `close()`."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        device_id: str,
+        *,
+        hr_share: float = 0.0,
+        events: EventSource | None = None,
+    ) -> None:
+        super().__init__(url, token, device_id)
+        self.device_id = device_id
+        self.hr_share = hr_share
+        """Fraction of events that are heart-rate batches; the rest are sets."""
+        self.events = events
+        """Where events come from; None: random sets and heart rate by `hr_share`."""
+        self.report: DeviceReport | None = None
+        """The report of the run under way (or the last one), for a live progress display."""
+        self._rng = random.Random(device_id)
+        self._event_seq = 0
+
+    async def start_session(self, title: str = "") -> str:
+        result = await self.rpc("session.start", {"title": title})
+        return str(result["session_id"])
+
+    async def end_session(self, session_id: str) -> dict[str, Any]:
+        """End the session; returns its summary (sets, reps, volume, heart rate)."""
+        result = await self.rpc("session.end", {"session_id": session_id})
+        summary: dict[str, Any] = result["summary"]
+        return summary
+
+    async def run(
+        self,
+        session_id: str,
+        *,
+        count: int | None = None,
+        rate: float = 0.0,
+        seconds: float | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> DeviceReport:
+        """Publish events into the session, each only after the previous one was acknowledged.
+
+        Stops after `count` events, once `seconds` have passed, or when `stop` is set
+        (checked between events), whichever comes first.
+        `rate` paces sends in events/s (0: as fast as acks come back); an event that is late
+        leaves at once instead of being skipped, so `count` events are always attempted.
+        A terminal disconnect ends the run early and is noted in `DeviceReport.stopped`.
+        """
+        if count is None and seconds is None and stop is None:
+            raise ValueError("give `count`, `seconds` or `stop`")
+        report = self.report = DeviceReport(self.device_id, session_id)
+        channel = f"session:{session_id}"
+        start = time.perf_counter()
+        stop_at = start + seconds if seconds is not None else float("inf")
+        sent = 0
+        try:
+            while ((count is None or sent < count) and time.perf_counter() < stop_at
+                   and not (stop is not None and stop.is_set())):
+                if rate > 0:
+                    await self._idle(start + sent / rate - time.perf_counter())
+                await self._deliver(channel, self._next_event(), report)
+                sent += 1
+        except (*_CONNECTION_ERRORS, ReplyError) as exc:
+            report.stopped = repr(exc)
+        return report
+
+    def _next_event(self) -> dict[str, Any]:
+        """Event ids are unique per athlete because the device id is part of them."""
+        self._event_seq += 1
+        event_id = f"{self.device_id}-{self._event_seq}"
+        now_ms = int(time.time() * 1000)
+        if self.events is not None:
+            return self.events(event_id, now_ms)
+        if self._rng.random() < self.hr_share:
+            return hr_event(event_id, self._rng, now_ms)
+        return set_event(event_id, self._rng, now_ms)
+
+    async def _deliver(self, channel: str, event: dict[str, Any], report: DeviceReport) -> None:
+        """Send until acknowledged or a final error; always the same `event_id`."""
+        body = {"channel": channel, "data": event}
+        sent_at = time.perf_counter()
+        report.first_send = report.first_send or sent_at
+        report.sent += 1
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                if attempt:
+                    report.retries += 1
+                    await self._idle(self._backoff(attempt))
+                await self._command("publish", body)
+            except ReplyError as exc:
+                if not exc.temporary:
+                    report.failed[exc.code] += 1
+                    return
+            except _CONNECTION_ERRORS as exc:
+                await self._reconnect(exc)
+                report.reconnects += 1
+            else:
+                report.record_ack(event, sent_at, time.perf_counter())
+                return
+        report.failed[GAVE_UP] += 1
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential with jitter, so devices that failed together do not retry together."""
+        ceiling = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** (attempt - 1))
+        return ceiling * self._rng.uniform(0.5, 1.0)
+
+    async def _reconnect(self, cause: BaseException) -> None:
+        """A new connection after `cause` ended the last one, unless the hub said not to."""
+        if isinstance(cause, ConnectionClosed) and _is_terminal(cause):
+            raise cause
+        await self._abandon()
+        for attempt in range(1, MAX_RECONNECT_ATTEMPTS + 1):
+            await asyncio.sleep(self._backoff(attempt))
+            try:
+                await self.connect()
+                return
+            except _CONNECTION_ERRORS:
+                await self._abandon()
+        raise ConnectionError(
+            f"{self.device_id}: no connection after {MAX_RECONNECT_ATTEMPTS} attempts")
+
+    async def _abandon(self) -> None:
+        """Drop a connection that failed; closing it cleanly may fail too, and does not matter."""
+        try:
+            await self.close()
+        except _CONNECTION_ERRORS:
+            pass

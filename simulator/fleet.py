@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from simulator.device import Device, DeviceReport
+from simulator.device import Device, DeviceReport, EventSource
 
 T = TypeVar("T")
 
 TokenSource = Callable[[str, str], str]
 """(athlete id, device id) → a connection token for that device (role `device`)."""
+EventsFor = Callable[[str], EventSource]
+"""device id → where that device's events come from (a `simulator.workout.Workout`)."""
 
 CONNECT_CONCURRENCY = 50
 """Handshakes in flight while a fleet connects, so hundreds of devices do not stampede a hub."""
@@ -118,14 +120,18 @@ class Fleet(OpenedFleet):
         devices_per_athlete: int,
         hr_share: float = 0.0,
         title: str = "simulated workout",
+        athlete_ids: list[str] | None = None,
+        events_for: EventsFor | None = None,
     ) -> None:
+        """`athlete_ids` names the athletes (the demo's); else `athletes` fresh ids are made."""
         self.run_id = secrets.token_hex(3)
         self.title = title
-        self.athletes = [f"sim-{self.run_id}-a{i}" for i in range(athletes)]
+        self.athletes = athlete_ids or [f"sim-{self.run_id}-a{i}" for i in range(athletes)]
         self.devices = [
-            Device(url, tokens(athlete, device_id), device_id, hr_share=hr_share)
+            Device(url, tokens(athlete, device_id), device_id, hr_share=hr_share,
+                   events=events_for(device_id) if events_for else None)
             for athlete in self.athletes
-            for device_id in (f"{athlete}-d{j}" for j in range(devices_per_athlete))
+            for device_id in device_ids(athlete, devices_per_athlete)
         ]
         self.devices_per_athlete = devices_per_athlete
         self.sessions: list[str] = []
@@ -140,12 +146,18 @@ class Fleet(OpenedFleet):
         )
 
     async def run(
-        self, *, count: int | None = None, rate: float = 0.0, seconds: float | None = None
+        self,
+        *,
+        count: int | None = None,
+        rate: float = 0.0,
+        seconds: float | None = None,
+        stop: asyncio.Event | None = None,
     ) -> PhaseResult:
-        """All devices publish at once; see `Device.run` for `count`, `rate` and `seconds`."""
+        """All devices publish at once; see `Device.run` for `count`, `rate`, `seconds`, `stop`."""
         reports = await asyncio.gather(
             *(
-                device.run(self.session_of(i), count=count, rate=rate, seconds=seconds)
+                device.run(self.session_of(i), count=count, rate=rate, seconds=seconds,
+                           stop=stop)
                 for i, device in enumerate(self.devices)
             )
         )
@@ -165,6 +177,15 @@ class Fleet(OpenedFleet):
 
     def _leads(self) -> list[Device]:
         return self.devices[:: self.devices_per_athlete]
+
+    def live_reports(self) -> list[DeviceReport]:
+        """The reports of the run under way, as far as it got (for a progress display)."""
+        return [d.report for d in self.devices if d.report is not None]
+
+
+def device_ids(athlete: str, devices_per_athlete: int) -> list[str]:
+    """The ids a fleet gives an athlete's devices."""
+    return [f"{athlete}-d{j}" for j in range(devices_per_athlete)]
 
 
 async def bounded(gate: asyncio.Semaphore, calls: Iterable[Awaitable[T]]) -> list[T]:
