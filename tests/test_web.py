@@ -13,6 +13,7 @@ import centrifuge
 from hub.protocol.codes import DisconnectCode
 from simulator import Device, DeviceReport
 from tests.harness import RunningHub
+from tests.llm_server import Behaviour, LLMServer
 from tests.web_fixtures import OpenPage, WebPage, set_up_demo
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
@@ -222,3 +223,56 @@ async def test_the_dev_sign_in_refreshes_its_token_through_get_token_and_stays_l
     await web.wait_for("() => window.fitsyncMetrics.tokensFetched >= 3")
     metrics = await web.metrics()
     assert "disconnected" not in metrics["state"] and await web.state() == "live"
+
+
+ANSWER = ("Keep the bar path over mid-foot, brace before each rep, and rest two minutes "
+          "between your heavy sets of squats today.")
+
+
+async def test_the_athlete_asks_the_coach_sees_the_answer_stream_and_can_cancel_it(
+    make_hub: Any, open_page: OpenPage
+) -> None:
+    async with LLMServer() as llm:
+        hub: RunningHub = await make_hub(dev_login=True, coach_api_key="sk-test",
+                                         coach_base_url=llm.base_url, coach_coalesce_ms=5.0)
+        web = await open_page(hub, "demo-athlete")
+        page = web.page
+        answers = "[data-testid=coach-messages] .message.assistant"
+
+        llm.script(Behaviour(text=ANSWER * 3, tokens_per_second=8))
+        await page.fill("textarea[name=question]", "How should I squat today?")
+        await page.click("button:has-text('Ask')")
+        await page.wait_for_selector(".message.user:has-text('How should I squat today?')")
+        streaming = page.locator(f"{answers}[data-status=streaming]")
+        await web.wait_for(f"() => document.querySelector({answers!r})?.textContent.length > 5")
+        early = await streaming.inner_text()
+        await web.wait_for("(early) => document.querySelector("
+                           f"{answers!r}).textContent.length > early.length + 5", early)
+        await page.click("button:has-text('Cancel')")
+        cancelled = page.locator(f"{answers}[data-status=cancelled]")
+        await cancelled.wait_for(timeout=15_000)
+        assert await page.locator("button:has-text('Cancel')").is_hidden()
+        partial = (await cancelled.inner_text()).replace("(cancelled)", "").strip()
+        assert partial and (ANSWER * 3).startswith(partial), partial
+
+        llm.script(Behaviour(status=500, error_message="upstream down"),
+                   Behaviour(text=ANSWER, tokens_per_second=200))
+        await page.fill("textarea[name=question]", "And tomorrow?")
+        await page.click("button:has-text('Ask')")
+        await page.locator(f"{answers}[data-status=failed]").wait_for(timeout=15_000)
+        await page.click("[data-testid=retry]")
+        done = page.locator(f"{answers}[data-status=done]")
+        await done.wait_for(timeout=15_000)
+        assert await done.inner_text() == ANSWER
+
+
+async def test_the_coach_panel_says_so_when_the_hub_has_no_coach(
+    make_hub: Any, open_page: OpenPage
+) -> None:
+    hub: RunningHub = await make_hub(dev_login=True, coach_api_key=None)
+    web = await open_page(hub, "demo-athlete")
+    await web.page.fill("textarea[name=question]", "Anyone there?")
+    await web.page.click("button:has-text('Ask')")
+    notice = web.page.locator("[data-testid=coach-notice]")
+    await notice.wait_for()
+    assert "OPENAI_API_KEY" in await notice.inner_text()

@@ -55,7 +55,15 @@ export class CoachPanel {
       const data = { limit: 50 };
       if (this.readOnly) data.user_id = this.userId;
       const result = await rpc(this.client, "coach.history", data);
-      for (const m of result.messages ?? []) this._upsert(m.message_id, m.role, m.text, m.status);
+      for (const item of result.messages ?? []) {
+        const m = this._upsert(item.message_id, item.role, item.text, item.status);
+        if (item.reply_to) m.question = item.reply_to;
+        // A streaming answer's text holds its first `deltas` deltas: continue after them.
+        if (item.status === "streaming" && Number.isInteger(item.deltas)) {
+          m.nextIndex = Math.max(m.nextIndex, item.deltas);
+          this._streaming(item.message_id);
+        }
+      }
     } catch (error) {
       this._failed(error);
     }
@@ -69,8 +77,8 @@ export class CoachPanel {
       const result = await rpc(this.client, "coach.ask", { text });
       this.input.value = "";
       this._upsert(result.message_id, "user", text, "done");
-      this._upsert(result.reply_id, "assistant", this.messages.get(result.reply_id)?.text ?? "", "streaming");
-      this.lastQuestion = text;
+      const answer = this._upsert(result.reply_id, "assistant", null, "streaming");
+      answer.question = result.message_id;
       this._streaming(result.reply_id);
     } catch (error) {
       this._failed(error);
@@ -93,11 +101,12 @@ export class CoachPanel {
     if (p.type === "message") {
       this._upsert(p.message_id, "user", p.text ?? "", "done");
       if (p.reply_id) {
-        this._upsert(p.reply_id, "assistant", "", "streaming");
+        this._upsert(p.reply_id, "assistant", null, "streaming").question = p.message_id;
         this._streaming(p.reply_id);
       }
     } else if (p.type === "delta") {
       const m = this._upsert(p.reply_id, "assistant", null, "streaming");
+      if (m.status !== "streaming") return; // finished already (the done came first)
       if (p.index === undefined || p.index >= m.nextIndex) {
         m.text += p.text;
         m.nextIndex = (p.index ?? m.nextIndex) + 1;
@@ -111,8 +120,8 @@ export class CoachPanel {
       this._upsert(p.reply_id, "assistant", p.text ?? null, "cancelled");
       this._finished(p.reply_id);
     } else if (p.type === "error") {
-      const m = this._upsert(p.reply_id, "assistant", null, "failed");
-      m.error = p.message ?? "the coach could not answer";
+      const m = this._upsert(p.reply_id, "assistant", p.text ?? null, "failed");
+      m.error = p.reason ?? p.message ?? "the coach could not answer";
       m.retryable = Boolean(p.retryable);
       this._render(m);
       this._finished(p.reply_id);
@@ -138,13 +147,15 @@ export class CoachPanel {
       this.messages.set(id, m);
       this.list.append(m.el);
     }
+    const finished = ["done", "cancelled", "failed"].includes(m.status);
+    // A finished answer stays finished: a late delta or a stale history entry is not news.
+    if (finished && status === "streaming") {
+      return m;
+    }
     if (text !== null && text !== undefined && (status !== "streaming" || text.length >= m.text.length)) {
       m.text = text;
     }
-    // A finished answer stays finished: a late delta or a stale history entry is not news.
-    if (m.status === "streaming" || m.status === status || !["done", "cancelled", "failed"].includes(m.status)) {
-      m.status = status;
-    }
+    m.status = status;
     this._render(m);
     return m;
   }
@@ -157,9 +168,10 @@ export class CoachPanel {
     if (m.status === "cancelled") m.el.append(h("span.tag", {}, " (cancelled)"));
     if (m.status === "failed") {
       m.el.append(h("span.error", {}, ` ${m.error ?? "failed"}`));
-      if (m.retryable && !this.readOnly && this.lastQuestion) {
+      const question = this.messages.get(m.question)?.text;
+      if (m.retryable && !this.readOnly && question) {
         m.el.append(h("button.link", { type: "button", dataset: { testid: "retry" },
-          onclick: () => this.ask(this.lastQuestion) }, "retry"));
+          onclick: () => this.ask(question) }, "retry"));
       }
     }
     this.list.scrollTop = this.list.scrollHeight;
