@@ -28,11 +28,9 @@ class TrainerRule(ChannelRule):
 
 
 async def unlinked(ctx: Context, trainer_id: str, client_id: str) -> None:
-    """The link is gone: unsubscribe the trainer from the client's coach and session channels."""
-    for channel in ctx.hub.user_channels(trainer_id):
-        namespace, _, channel_id = channel.partition(":")
-        if namespace == "coach" and channel_id == client_id or namespace == "session" and await ctx.session_owner(channel_id) == client_id:
-            await ctx.hub.unsubscribe_user(trainer_id, channel)
+    """The link is gone: every node re-checks the trainer's subscriptions, so the client's
+    coach and session channels end at once wherever the trainer is connected."""
+    await ctx.hub.recheck_subscriptions(trainer_id)
 
 
 async def clients(ctx: Context, who: Principal, params: dict[str, Any]) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from starlette.applications import Starlette
 from hub import http_api
 from hub.broker.base import Broker
 from hub.broker.memory import MemoryBroker
-from hub.broker_timing import time_broker_calls
 from hub.broker.redis import RedisBroker
+from hub.broker_timing import time_broker_calls
 from hub.config import Settings
 from hub.connection import HubWebSocketProtocol
 from hub.drain import DrainingServer, DrainState
@@ -47,12 +47,16 @@ def make_application(settings: Settings) -> Application:
     return FitSyncApplication(settings)
 
 
-def create_app(settings: Settings, application: Application | None = None) -> Starlette:
+def create_app(
+    settings: Settings, application: Application | None = None, broker: Broker | None = None
+) -> Starlette:
+    """The whole node as a Starlette app; `application` and `broker` default to the ones the
+    settings name (tests pass their own broker)."""
     app_impl = application or make_application(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        node = Node(settings, make_broker(settings), app_impl)
+        node = Node(settings, broker or make_broker(settings), app_impl)
         time_broker_calls(node.broker, node.metrics)
         await node.start()
         try:

@@ -212,7 +212,7 @@ class Client:
             if result is not None:
                 self.send(messages.reply(command_id, method, result))
                 if method in ("subscribe", "connect"):
-                    self._release_parked()
+                    self.node.release_parked(self)
         self.node.metrics.command_timer(method).observe(time.perf_counter() - started)
 
     def _answer_error(self, command_id: Any, method: str, error: Any) -> None:
@@ -225,20 +225,6 @@ class Client:
     def send(self, message: Message) -> None:
         if self.state != CLOSED:
             self.transport.writer.send(Outbound(self.codec.encode(message), self.opcode))
-
-    def _release_parked(self) -> None:
-        """Right after a subscribe (or connect) reply: send what arrived while it was prepared.
-
-        Publications the reply already carried, or that precede the position it gave, are
-        skipped, so the client sees each publication once and in order.
-        """
-        for sub in self.subs.values():
-            if sub.pending is None:
-                continue
-            parked, sub.pending = sub.pending, None
-            for offset, out in parked:
-                if offset == 0 or offset > sub.floor:
-                    self.transport.writer.send(out)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -119,8 +119,8 @@ async def history(request: Request) -> Response:
 
 async def disconnect(request: Request) -> Response:
     body = await json_body(request)
-    count = await node_of(request).disconnect_user(require_str(body, "user"))
-    return JSONResponse({"disconnected": count})
+    await node_of(request).disconnect_user(require_str(body, "user"))
+    return JSONResponse({})
 
 
 async def healthz(request: Request) -> Response:

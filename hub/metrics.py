@@ -105,6 +105,22 @@ class Metrics:
             "Messages that did not reach a client because it was cut as slow",
             registry=r,
         )
+        self.duplicates_dropped = Counter(
+            "fitsync_broker_duplicates_dropped",
+            "Publications the broker delivered again after the node already had them",
+            registry=r,
+        )
+        self.insufficient_state = Counter(
+            "fitsync_insufficient_state",
+            "Channels whose missed publications history could not cover (subscribers "
+            "reconnected with 3010)",
+            registry=r,
+        )
+        self.presence_refresh_failures = Counter(
+            "fitsync_presence_refresh_failures",
+            "Batched presence refreshes the broker refused (entries expire if it persists)",
+            registry=r,
+        )
 
     def command(self, method: str, result: str) -> Counter:
         """The per-(method, result) child, looked up once: `labels()` takes a lock and builds

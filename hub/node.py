@@ -1,8 +1,13 @@
 """The node: owns the broker, the registry of local subscribers and the application's rules.
 
 Data path for a publication: a client's publish (or the HTTP API) → `Node.publish` → broker
-(offset and history) → `Node.on_publication` on every subscribed node → encode once per codec
-→ each local subscriber's writer. The fan-out never awaits: it queues shared bytes and returns.
+(offset and history) → `Node.on_publication` on every subscribed node → continuity check (no
+gap, no duplicate) → encode once per codec → each local subscriber's writer. The fan-out never
+awaits: it queues shared bytes and returns.
+
+A subscription's life (broker subscription per channel, presence, join and leave) belongs to
+`hub.subscriptions.Lifecycle`; actions on a user's connections wherever they are travel as
+control messages (`hub.control`) through the broker to every node.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from hub import auth
-from hub.broker.base import Broker, ClientInfo, Publication, StreamPosition
+from hub import auth, control
+from hub.broker.base import Broker, ClientInfo, HistoryResult, Publication, StreamPosition
+from hub.continuity import Continuity
 from hub.config import Settings
 from hub.metrics import Metrics
 from hub.protocol import messages
@@ -27,6 +33,7 @@ from hub.protocol.codes import (
 )
 from hub.registry import Registry, Subscription
 from hub.rules import Application, ChannelRule
+from hub.subscriptions import Lifecycle
 from hub.writer import OP_BINARY, OP_TEXT, Flusher, Outbound
 
 if TYPE_CHECKING:
@@ -49,17 +56,23 @@ class Node:
         self.loop = asyncio.get_running_loop()
         self.flusher = Flusher(self.loop)
         self._background: set[asyncio.Task[None]] = set()
+        self.continuity = Continuity(self.metrics, self._history_since, self._deliver,
+                                     self._insufficient_state, self._spawn)
+        self.lifecycle = Lifecycle(settings, broker, self.registry, self.metrics, self._spawn,
+                                   unbound=self.continuity.forget)
         self._pings = [Outbound(c.ping, OP_BINARY if c.binary else OP_TEXT) for c in CODECS]
 
     async def start(self) -> None:
         await self.broker.start(self)
         await self.application.start(self)
+        self.lifecycle.start()
 
     async def close(self) -> None:
         """Shut down: every client is told to reconnect (3001), then dependencies close."""
         for clients in list(self.clients.values()):
             for client in list(clients):
                 client.close(DisconnectCode.SHUTDOWN)
+        self.lifecycle.stop()
         await self.application.drain()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
@@ -80,12 +93,8 @@ class Node:
             if not users:
                 del self.clients[client.principal.user]
         self.metrics.connections.dec()
-        subs = list(client.subs.values())
-        client.subs.clear()
-        for sub in subs:
-            self._detach_locally(sub)
-        if subs:
-            self._spawn(self._detach_remotely(subs, client.info()))
+        for sub in list(client.subs.values()):
+            self.lifecycle.detach(sub)
 
     def ping_outbound(self, codec_index: int) -> Outbound:
         return self._pings[codec_index]
@@ -108,24 +117,15 @@ class Node:
         The subscription is registered (and parks live publications) before history is read,
         so nothing published meanwhile can fall between the history and the live stream.
         """
-        sub = Subscription(client, channel)
-        client.subs[channel] = sub
-        self.metrics.subscriptions.inc()
+        sub = self.lifecycle.begin(client, channel)
         try:
-            if self.registry.add(sub):
-                await self.broker.subscribe(channel)
+            await self.lifecycle.bind(channel)
             result = await self._position(channel, request, rule, sub)
-            options = rule.options
-            if options.presence:
-                await self.broker.add_presence(channel, client.id, client.info(),
-                                               self.settings.presence_ttl)
-            if options.join_leave:
-                await self.broker.publish_join(channel, client.info())
+            await self.lifecycle.announce(sub, rule.options)
         except BaseException:
-            client.subs.pop(channel, None)
-            self._detach_locally(sub)
+            self.lifecycle.detach(sub)
             raise
-        if expires_at:
+        if expires_at and not sub.detached:
             result["expires"] = True
             result["ttl"] = auth.ttl_of(expires_at)
             self.arm_sub_expiry(sub, expires_at)
@@ -162,26 +162,13 @@ class Node:
         return result
 
     async def unsubscribe(self, client: Client, sub: Subscription) -> None:
-        client.subs.pop(sub.channel, None)
-        self._detach_locally(sub)
-        await self._detach_remotely([sub], client.info())
+        """End `sub`; returns once its presence entry and leave are taken back."""
+        retracting = self.lifecycle.detach(sub)
+        if retracting is not None:
+            await asyncio.wait([retracting])
 
-    def _detach_locally(self, sub: Subscription) -> None:
-        """Stop delivering to `sub` at once; broker bookkeeping follows asynchronously."""
-        if sub.expiry is not None:
-            sub.expiry.cancel()
-        sub.pending = None
-        self.metrics.subscriptions.dec()
-        if self.registry.remove(sub):
-            self._spawn(self.broker.unsubscribe(sub.channel))
-
-    async def _detach_remotely(self, subs: list[Subscription], info: ClientInfo) -> None:
-        for sub in subs:
-            rule, _ = self.rule_for(sub.channel)
-            if rule.options.presence:
-                await self.broker.remove_presence(sub.channel, info.client)
-            if rule.options.join_leave:
-                await self.broker.publish_leave(sub.channel, info)
+    def release_parked(self, client: Client) -> None:
+        self.lifecycle.release_parked(client)
 
     def arm_sub_expiry(self, sub: Subscription, expires_at: int) -> None:
         """A subscription token not refreshed by its expiry (plus grace) ends that subscription."""
@@ -227,10 +214,29 @@ class Node:
 
     def on_publication(self, channel: str, publication: Publication) -> None:
         self.metrics.publications.inc()
+        if publication.epoch and not self.continuity.accept(channel, publication):
+            return
+        self._deliver(channel, publication)
+
+    def _deliver(self, channel: str, publication: Publication) -> None:
         subs = self.registry.subscribers(channel)
         if not subs:
             return
         self._fan_out(subs, messages.pub_push(channel, publication), publication.offset)
+
+    def on_resubscribed(self, channels: list[str]) -> None:
+        self.continuity.resubscribed(channels)
+
+    async def _history_since(self, channel: str, since: StreamPosition) -> HistoryResult:
+        rule, _ = self.rule_for(channel)
+        meta_ttl = rule.options.history.meta_ttl if rule.options.history else 86400.0
+        return await self.broker.history(channel, since=since, limit=-1, meta_ttl=meta_ttl)
+
+    def _insufficient_state(self, channel: str) -> None:
+        """Subscribers of `channel` missed publications history cannot give back: they
+        reconnect and their SDK is told it did not recover."""
+        for sub in list(self.registry.subscribers(channel) or ()):
+            sub.client.close(DisconnectCode.INSUFFICIENT_STATE)
 
     def on_join(self, channel: str, info: ClientInfo) -> None:
         subs = self.registry.subscribers(channel)
@@ -258,30 +264,48 @@ class Node:
                 client.transport.writer.send(out)
         self.metrics.deliveries.inc(len(subs))
 
-    # -- server-side actions (the HubAPI the rules use) ------------------------------------------
-
-    def user_channels(self, user: str) -> set[str]:
-        return {ch for c in self.clients.get(user, {}) for ch in c.subs}
-
-    async def unsubscribe_user(self, user: str, channel: str) -> None:
-        for client in list(self.clients.get(user, {})):
-            sub = client.subs.get(channel)
-            if sub is not None:
-                client.unsubscribed_by_server(sub)
-                await self.unsubscribe(client, sub)
+    # -- server-side actions (the HubAPI the rules use), on every node ---------------------------
 
     async def disconnect_user(
         self, user: str, disconnect: Disconnect = DisconnectCode.FORCE_NO_RECONNECT
-    ) -> int:
-        clients = list(self.clients.get(user, {}))
-        for client in clients:
-            client.close(disconnect)
-        return len(clients)
+    ) -> None:
+        """Close every connection of `user`, on whichever node it is."""
+        await self.broker.publish_control(control.encode(control.DisconnectUser(user, disconnect)))
 
-    def _spawn(self, coro: Any) -> None:
+    async def recheck_subscriptions(self, user: str) -> None:
+        """Re-authorize every subscription of `user` on every node; the ones no longer allowed
+        end with a server unsubscribe (2000)."""
+        await self.broker.publish_control(control.encode(control.RecheckUser(user)))
+
+    def on_control(self, data: bytes) -> None:
+        try:
+            command = control.decode(data)
+        except control.MalformedControl as exc:
+            log.warning("%s", exc)
+            return
+        clients = list(self.clients.get(command.user, ()))
+        if isinstance(command, control.DisconnectUser):
+            for client in clients:
+                client.close(command.disconnect)
+        elif clients:
+            self._spawn(self._recheck(clients))
+
+    async def _recheck(self, clients: list[Client]) -> None:
+        for client in clients:
+            for sub in list(client.subs.values()):
+                rule, channel_id = self.rule_for(sub.channel)
+                try:
+                    await rule.authorize_subscribe(client.principal, channel_id)
+                except ReplyError:
+                    if not sub.detached:
+                        client.unsubscribed_by_server(sub)
+                        await self.unsubscribe(client, sub)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = self.loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background_done)
+        return task
 
     def _background_done(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)

@@ -9,6 +9,7 @@ from typing import Any
 import centrifuge
 import pytest
 
+from hub.broker.base import Broker
 from tests.harness import Recorder, RunningHub, start_hub, test_settings
 
 pytest_plugins = ["tests.db_fixtures", "tests.raw", "tests.web_fixtures"]
@@ -29,9 +30,10 @@ async def make_hub(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Runn
     """A hub with settings changed for one test (short timeouts, small limits)."""
     started: list[RunningHub] = []
 
-    async def make(database_url: str | None = None, **overrides: Any) -> RunningHub:
+    async def make(database_url: str | None = None, *, broker: Broker | None = None,
+                   **overrides: Any) -> RunningHub:
         url = database_url or f"sqlite+aiosqlite:///{tmp_path / f'hub{len(started)}.db'}"
-        running = await start_hub(test_settings(url, **overrides))
+        running = await start_hub(test_settings(url, **overrides), broker=broker)
         started.append(running)
         return running
 

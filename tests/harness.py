@@ -19,6 +19,7 @@ import uvicorn
 
 from hub import auth
 from hub.app import create_app, uvicorn_config
+from hub.broker.base import Broker
 from hub.config import Settings
 from hub.node import Node
 
@@ -70,8 +71,8 @@ def test_settings(database_url: str, **overrides: Any) -> Settings:
     return replace(base, **overrides)
 
 
-async def start_hub(settings: Settings) -> RunningHub:
-    config = uvicorn_config(settings, create_app(settings), log_level="warning")
+async def start_hub(settings: Settings, broker: Broker | None = None) -> RunningHub:
+    config = uvicorn_config(settings, create_app(settings, broker=broker), log_level="warning")
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.get_running_loop().create_task(server.serve())

@@ -23,9 +23,11 @@ from hub.broker.base import (
     StreamPosition,
 )
 from hub.broker.memory import MemoryBroker
+from tests.broker.yielding import YieldingMemoryBroker
 
 BROKERS: dict[str, Callable[[], Broker]] = {
     "memory": MemoryBroker,
+    "memory-yielding": YieldingMemoryBroker,
 }
 
 REDIS_BROKERS: dict[str, str] = {
