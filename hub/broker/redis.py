@@ -14,7 +14,8 @@ epoch, atomically: exactly one Redis PUBLISH per publication, however many nodes
 subscribers. Calls from all callers are pipelined per shard (hub/broker/redis_commands.py).
 Each node holds one pub/sub connection per shard (hub/broker/redis_pubsub.py) on which it is
 subscribed to the channels it has local subscribers on; join, leave and publications share that
-subscription, control messages have a channel of their own (on the first shard).
+subscription, control messages have a channel of their own (on the first shard; on a cluster,
+on the master of its slot).
 
 Sharding and clusters: hub/broker/redis_topology.py.
 """

@@ -26,11 +26,12 @@ START_TIMEOUT = 15.0
 """Seconds a server (or a cluster) has to become usable; generous for a busy machine."""
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def _ephemeral_ports() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
 
 
 def _is_free(port: int) -> bool:
@@ -42,10 +43,13 @@ def _is_free(port: int) -> bool:
         return True
 
 
-def free_cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too; Redis needs it below 55536."""
+def free_port() -> int:
+    """A free port below the ephemeral range, whose cluster bus port (+10000) is below it and
+    free too. Ports that `bind(0)` hands out (every other test's servers) never collide with
+    it, even while a killed server is down waiting to be started again on the same port."""
+    ceiling = _ephemeral_ports().start - 10000
     while True:
-        port = random.randint(20000, 55000)
+        port = random.randint(10000, max(10001, ceiling - 1))
         if _is_free(port) and _is_free(port + 10000):
             return port
 
@@ -173,7 +177,6 @@ def redis_cluster(masters: int = 3) -> Iterator[list[RedisServer]]:
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", "5000",
-                port=free_cluster_port(),
             )
             for n in range(masters)
         ]
