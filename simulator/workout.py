@@ -72,7 +72,7 @@ class Workout:
         exercise = self._plan[self._exercise % len(self._plan)]
         fatigue = self._set_in_exercise
         reps = max(1, exercise.reps - fatigue // 2 - self._rng.randint(0, 1))
-        rpe = min(10.0, 6.5 + fatigue * 0.75 + self._rng.choice((0.0, 0.5)))
+        rpe = min(10.0, round((6.5 + fatigue * 0.75) * 2) / 2 + self._rng.choice((0.0, 0.5)))
         self._set_in_exercise += 1
         if self._set_in_exercise >= exercise.sets:
             self._exercise += 1

@@ -4,6 +4,7 @@ the hub's URL, watching trainers, the live display, and workouts the hub accepts
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ def test_the_progress_display_shows_sent_acknowledged_failed_and_latency() -> No
     report.failed[107] += 1
     watcher = WatchReport("t1", received=2)
     watcher.latencies_ms.extend([3.0])
-    console = Console(record=True, width=100)
+    console = Console(record=True, width=100, file=io.StringIO())
     console.print(Progress(lambda: [report], [watcher], "test").table())
     text = console.export_text()
     for expected in ("events sent", "3", "acknowledged", "2 (", "failed", "1",

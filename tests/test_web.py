@@ -4,8 +4,6 @@ what a trainer and an athlete see, and that reconnects lose and repeat nothing."
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 from typing import Any
 
 import centrifuge
@@ -16,7 +14,6 @@ from tests.harness import RunningHub
 from tests.llm_server import Behaviour, LLMServer
 from tests.web_fixtures import OpenPage, WebPage, set_up_demo
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 ROWS = "section.session table.sets tbody tr"
 
 
@@ -84,9 +81,6 @@ async def test_trainer_sees_a_simulated_clients_sets_appear_live_and_the_chart_g
     assert sorted(await shown_sets(web)) == sorted(acked_sets(first, second))
     assert (volume_before, await chart_points(web, "volume-chart")) == (4, 8)
     assert hr_before >= 15 and beats.acked, "3 hr events of 5 samples were shown before"
-    if os.environ.get("FITSYNC_UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        await web.page.screenshot(path=str(SCREENSHOTS / "trainer-live.png"), full_page=True)
 
     await watch.end_session(session_id)
     await web.page.wait_for_selector("[data-testid=summary]:has-text('Session ended: 8 sets')")

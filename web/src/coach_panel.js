@@ -55,6 +55,9 @@ export class CoachPanel {
       const data = { limit: 50 };
       if (this.readOnly) data.user_id = this.userId;
       const result = await rpc(this.client, "coach.history", data);
+      if (!result.messages?.length && !this.messages.size) {
+        this.list.append(h("p.muted.empty", {}, this.readOnly ? "No coach chat yet." : "Ask about your training."));
+      }
       for (const item of result.messages ?? []) {
         const m = this._upsert(item.message_id, item.role, item.text, item.status);
         if (item.reply_to) m.question = item.reply_to;
@@ -143,6 +146,7 @@ export class CoachPanel {
   _upsert(id, role, text, status) {
     let m = this.messages.get(id);
     if (!m) {
+      this.list.querySelector(".empty")?.remove();
       m = { id, role, text: "", status, nextIndex: 0, el: h("div.message", { dataset: { messageId: id } }) };
       this.messages.set(id, m);
       this.list.append(m.el);

@@ -89,7 +89,7 @@ export class TrainerApp {
     this.cards.clear();
     const grid = h("div.roster", { dataset: { testid: "roster" } });
     const sorted = [...this.clients.values()].sort((a, b) =>
-      Number(Boolean(b.live_session_id)) - Number(Boolean(a.live_session_id)) || a.user_id.localeCompare(b.user_id));
+      Number(Boolean(b.live_session_id)) - Number(Boolean(a.live_session_id)) || a.user_id.localeCompare(b.user_id, undefined, { numeric: true }));
     for (const c of sorted) {
       const card = h("a.card", { href: `#/trainer/${encodeURIComponent(c.user_id)}`, dataset: { user: c.user_id } });
       this.cards.set(c.user_id, card);
