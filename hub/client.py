@@ -22,7 +22,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hub import __version__, auth, logs
-from hub.broker.base import ClientInfo, StreamPosition
+from hub.broker.base import BrokerUnavailable, ClientInfo, StreamPosition
 from hub.protocol import messages
 from hub.protocol.codec import Codec, Message
 from hub.protocol.codes import (
@@ -204,6 +204,9 @@ class Client:
         except DisconnectError as exc:
             self.node.metrics.command(method, "disconnect").inc()
             self.close(exc.disconnect)
+        except BrokerUnavailable as exc:
+            log.warning("command %s from client %s: broker unavailable (%s)", method, self.id, exc)
+            self._answer_error(command_id, method, ErrorCode.BROKER_UNAVAILABLE)
         except Exception:
             log.exception("command %s from client %s failed", method, self.id)
             self._answer_error(command_id, method, ErrorCode.INTERNAL)

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from hub.broker.base import BrokerUnavailable
 from hub.node import Node
 from hub.protocol.codes import ReplyError
 
@@ -77,6 +78,8 @@ def with_api_key(handler: Handler) -> Handler:
         except ReplyError as exc:
             status = 404 if exc.error.code == 102 else 400
             return error_response(status, exc.error.message)
+        except BrokerUnavailable:
+            return error_response(503, "broker unavailable, retry later")
 
     return guarded
 

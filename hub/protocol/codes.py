@@ -32,6 +32,8 @@ class Error:
 
 class ErrorCode:
     INTERNAL = Error(100, "internal server error", temporary=True)
+    BROKER_UNAVAILABLE = Error(100, "broker unavailable, retry later", temporary=True)
+    """Redis cannot be reached: nothing was acknowledged or stored by it; the SDK retries."""
     UNAUTHORIZED = Error(101, "unauthorized")
     UNKNOWN_CHANNEL = Error(102, "unknown channel")
     PERMISSION_DENIED = Error(103, "permission denied")
