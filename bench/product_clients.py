@@ -325,9 +325,19 @@ class StormClient:
     """One client of the storm; `start()` schedules its connect and returns at once."""
 
     def __init__(
-        self, host: str, port: int, path: str, token: str, tally: StormTally, rng: random.Random
+        self,
+        host: str,
+        port: int,
+        path: str,
+        token: str,
+        tally: StormTally,
+        rng: random.Random,
+        source: str | None = None,
     ) -> None:
         self._where = (host, port, path)
+        self._source = source
+        """Local address to connect from (see `wsclient.open_websocket`)."""
+        self._opening: asyncio.Future[WebSocketClient] | None = None
         self._token = token
         self._tally = tally
         self._rng = rng
@@ -363,8 +373,12 @@ class StormClient:
     async def _open(self) -> None:
         host, port, path = self._where
         try:
-            client = await open_websocket(host, port, path, self._on_message, self._reply_timeout)
-        except TimeoutError:
+            opening = open_websocket(
+                host, port, path, self._on_message, _NO_TIMEOUT, source=self._source
+            )
+            self._opening = asyncio.ensure_future(opening)
+            client = await self._opening
+        except asyncio.CancelledError:
             self._fail("client timeout (handshake)", retry=True)
             return
         except HandshakeError as exc:
@@ -412,10 +426,14 @@ class StormClient:
             self._fail(f"close {code}", retry=reconnect)
 
     def check_overdue(self, now: float) -> None:
-        """Fail the attempt if its connect reply is `reply_timeout` overdue (see `run_storm`)."""
-        if not self._settled and self._client is not None:
-            if now - self._attempt_started > self._reply_timeout:
-                self._fail("client timeout (connect reply)", retry=True)
+        """Fail the attempt whose handshake or connect reply is `reply_timeout` overdue (see
+        `run_storm`)."""
+        if self._settled or now - self._attempt_started <= self._reply_timeout:
+            return
+        if self._client is not None:
+            self._fail("client timeout (connect reply)", retry=True)
+        elif self._opening is not None and not self._opening.done():
+            self._opening.cancel()  # `_open` counts it
 
     def _fail(self, kind: str, *, retry: bool) -> None:
         """Count the failure, drop the attempt's socket, retry after a backoff if allowed."""
@@ -432,6 +450,18 @@ class StormClient:
 
 
 SWEEP_S = 0.25
+START_SLICE = 100
+"""Clients started per loop iteration. On loopback `connect()` runs the TCP handshake inside
+the system call; 19,000 in one iteration kept this loop from reading any reply for seconds."""
+_NO_TIMEOUT = 3600.0
+"""The handshake's own timeout: overdue attempts are found by `run_storm`'s sweep instead."""
+CLIENTS_PER_SOURCE = 2000
+"""Storm clients per local address: well inside one address's ephemeral port range."""
+
+
+def storm_source(index: int) -> str:
+    """127.0.1.1, 127.0.1.2, …: a fresh loopback address per `CLIENTS_PER_SOURCE` clients."""
+    return f"127.0.1.{1 + index // CLIENTS_PER_SOURCE}"
 
 
 async def run_storm(clients: list[StormClient], tally: StormTally, *, deadline_s: float,
@@ -442,8 +472,10 @@ async def run_storm(clients: list[StormClient], tally: StormTally, *, deadline_s
     a reply already waiting in a socket would otherwise count as a timeout."""
     tally.started = time.perf_counter()
     deadline = tally.started + deadline_s
-    for client in clients:
-        client.start(deadline, reply_timeout)
+    for first in range(0, len(clients), START_SLICE):
+        for client in clients[first : first + START_SLICE]:
+            client.start(deadline, reply_timeout)
+        await asyncio.sleep(0)
     while len(tally.connect_s) + tally.gave_up < len(clients):
         await asyncio.sleep(SWEEP_S)
         for _ in range(2):  # two iterations: the first may run before the poll
@@ -474,8 +506,11 @@ def storm_worker(pipe: Any, spec: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()
         tally = StormTally()
         rng = random.Random(spec["seed"])
-        clients = [StormClient(spec["host"], spec["port"], spec["path"], token, tally, rng)
-                   for token in spec["tokens"]]
+        clients = [
+            StormClient(spec["host"], spec["port"], spec["path"], token, tally, rng,
+                        source=storm_source(i))
+            for i, token in enumerate(spec["tokens"])
+        ]
         pipe.send("ready")
         assert await loop.run_in_executor(None, pipe.recv) == "go"
         await run_storm(clients, tally, deadline_s=spec["deadline_s"],

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from typing import cast
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _HANDSHAKE_LIMIT = 16384
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux
 
 OnMessage = Callable[[bytes, int], None]
 """Called with one complete message and the `time.time_ns()` of the read that completed it."""
@@ -119,7 +121,8 @@ class WebSocketClient(asyncio.Protocol):
             self._fail_handshake("bad Sec-WebSocket-Accept")
             return False
         self._upgraded = True
-        self.opened.set_result(None)
+        if not self.opened.done():  # done: the opener gave up waiting (cancelled it)
+            self.opened.set_result(None)
         return True
 
     def _fail_handshake(self, reason: str) -> None:
@@ -191,17 +194,54 @@ def _handshake_request(host: str, port: int, path: str) -> tuple[bytes, str]:
 
 
 async def open_websocket(
-    host: str, port: int, path: str, on_message: OnMessage, timeout: float = 10.0
+    host: str,
+    port: int,
+    path: str,
+    on_message: OnMessage,
+    timeout: float = 10.0,
+    source: str | None = None,
 ) -> WebSocketClient:
-    """Connect and complete the opening handshake, or raise."""
+    """Connect and complete the opening handshake, or raise.
+
+    `source` is the local address to connect from (another 127.x.y.z for loopback): each has
+    its own range of ephemeral ports, which tens of thousands of connections to one server
+    (and the TIME_WAIT sockets earlier runs left) exhaust, making every `connect()` search it.
+    """
     loop = asyncio.get_running_loop()
-    _, client = await asyncio.wait_for(
-        loop.create_connection(lambda: WebSocketClient(host, port, path, on_message), host, port),
-        timeout,
-    )
+
+    def protocol() -> WebSocketClient:
+        return WebSocketClient(host, port, path, on_message)
+
+    if source is None:
+        opening = loop.create_connection(protocol, host, port)
+    else:
+        opening = _connect_from(loop, protocol, host, port, source)
+    _, client = await asyncio.wait_for(opening, timeout)
     try:
         await asyncio.wait_for(client.opened, timeout)
     except BaseException:
         client.abort()
         raise
     return client
+
+
+async def _connect_from(
+    loop: asyncio.AbstractEventLoop,
+    protocol: Callable[[], WebSocketClient],
+    host: str,
+    port: int,
+    source: str,
+) -> tuple[asyncio.BaseTransport, WebSocketClient]:
+    """`create_connection` from `source`; the port is chosen at connect time, per destination
+    (`IP_BIND_ADDRESS_NO_PORT`), not at bind time from the ports free for every destination."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        await loop.sock_connect(sock, (host, port))
+        transport, client = await loop.create_connection(protocol, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return transport, client
