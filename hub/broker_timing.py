@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
 from hub.broker.base import Broker
+from hub.loop_histogram import HistogramSeries
 from hub.metrics import Metrics
 
 TIMED_OPERATIONS = (
@@ -32,20 +33,25 @@ TIMED_OPERATIONS = (
 
 
 def time_broker_calls(broker: Broker, metrics: Metrics) -> None:
-    """Time every call of `TIMED_OPERATIONS` on `broker` from now on. Call once, before the
-    node starts."""
+    """Time every call of `TIMED_OPERATIONS` on `broker` from now on, into `metrics`. Call
+    before the node starts. A broker timed before (handed to a second node in turn) is timed
+    into the new metrics only, never twice."""
     for operation in TIMED_OPERATIONS:
         method = getattr(broker, operation, None)
         if method is not None:
             setattr(broker, operation, _timed(
-                method,
+                getattr(method, _UNTIMED, method),
                 metrics.broker_round_trip.labels(operation),
                 metrics.broker_errors.labels(operation),
             ))
 
 
+_UNTIMED = "_fitsync_untimed"
+"""Where a timed operation keeps the broker's own method."""
+
+
 def _timed(
-    method: Callable[..., Awaitable[Any]], latency: Histogram, errors: Counter
+    method: Callable[..., Awaitable[Any]], latency: HistogramSeries, errors: Counter
 ) -> Callable[..., Awaitable[Any]]:
     @wraps(method)
     async def timed(*args: Any, **kwargs: Any) -> Any:
@@ -58,4 +64,5 @@ def _timed(
         finally:
             latency.observe(time.perf_counter() - started)
 
+    setattr(timed, _UNTIMED, method)
     return timed

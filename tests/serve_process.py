@@ -43,11 +43,31 @@ class ServedHub:
         return self.process.returncode
 
 
-def serve(env: dict[str, str], log_path: Path, *, port: int | None = None,
-          wait_ready: bool = True, timeout: float = 30.0) -> ServedHub:
-    """Start `fitsync-hub serve` with `env` added to this environment (HUB_* of the test run
-    removed), stderr and stdout into `log_path`; wait until /healthz answers."""
-    port = port or free_port()
+BIND_ATTEMPTS = 3
+"""Other test runs share this machine: a free port can be taken before the hub binds it."""
+
+
+def serve(env: dict[str, str], log_path: Path, *, wait_ready: bool = True,
+          timeout: float = 30.0) -> ServedHub:
+    """Start `fitsync-hub serve` on a free port with `env` added to this environment (HUB_* of
+    the test run removed), stderr and stdout into `log_path`; wait until /healthz answers.
+    A port taken meanwhile is retried with another."""
+    attempt = 1
+    while True:
+        try:
+            return _serve(env, log_path, free_port(), wait_ready, timeout)
+        except PortTakenError:
+            if attempt == BIND_ATTEMPTS:
+                raise
+            attempt += 1
+
+
+class PortTakenError(AssertionError):
+    """The hub exited because its port was taken."""
+
+
+def _serve(env: dict[str, str], log_path: Path, port: int, wait_ready: bool,
+           timeout: float) -> ServedHub:
     full_env = {k: v for k, v in os.environ.items()
                 if not k.startswith("HUB_") and k not in ("PORT", "SENTRY_DSN")}
     full_env.update({"HUB_HOST": "127.0.0.1", "HUB_PORT": str(port), **env})
@@ -68,7 +88,8 @@ def wait_healthy(hub: ServedHub, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if hub.process.poll() is not None:
-            raise AssertionError(f"hub exited with {hub.process.returncode}:\n{hub.log()}")
+            failed = PortTakenError if "address already in use" in hub.log() else AssertionError
+            raise failed(f"hub exited with {hub.process.returncode}:\n{hub.log()}")
         try:
             if httpx.get(f"{hub.http_url}/healthz", timeout=2).status_code == 200:
                 return

@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hub import __version__
+from hub.loop_histogram import LoopHistogram
 from tests.app_helpers import a_set, connection_switch, reply_error, start_session
 from tests.db_fixtures import create_postgres_database, drop_postgres_database
 from tests.harness import RunningHub
@@ -122,3 +124,16 @@ async def postgres_url() -> AsyncIterator[str]:
     url = await create_postgres_database()
     yield url
     await drop_postgres_database(url)
+
+
+def test_a_loop_histogram_counts_each_observation_in_its_bucket_bounds_included() -> None:
+    registry = CollectorRegistry()
+    latency = LoopHistogram("t_seconds", "test", ["op"], buckets=(0.1, 1.0), registry=registry)
+    for amount in (0.05, 0.1, 0.5, 1.0, 3.0):
+        latency.labels("publish").observe(amount)
+    samples = {(s.name, s.labels.get("le")): s.value
+               for family in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in family.samples}
+    assert samples == {("t_seconds_bucket", "0.1"): 2, ("t_seconds_bucket", "1.0"): 4,
+                       ("t_seconds_bucket", "+Inf"): 5, ("t_seconds_count", None): 5,
+                       ("t_seconds_sum", None): 4.65}
