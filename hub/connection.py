@@ -27,6 +27,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 from websockets.typing import Subprotocol
 
 try:
@@ -51,6 +52,8 @@ _FINAL_DATA_HEADS = (0x80 | Opcode.TEXT.value, 0x80 | Opcode.BINARY.value)
 """First bytes of a final text or binary frame without extension bits."""
 _CLOSE_TIMEOUT = 2.0
 _SUBPROTOCOLS = [Subprotocol(name) for name in SUBPROTOCOLS]
+_BETWEEN_FRAMES = StreamReader.at_eof.__code__
+"""Where websockets' parser waits for the first byte of the next frame."""
 
 
 def server_protocol(max_size: int) -> ServerProtocol:
@@ -64,8 +67,19 @@ def server_protocol(max_size: int) -> ServerProtocol:
 
 
 def at_frame_boundary(ws: ServerProtocol) -> bool:
-    """websockets holds no partial frame or fragmented message: bytes may bypass it."""
-    return ws.state is State.OPEN and ws.current_size is None and not ws.reader.buffer
+    """websockets holds no partial frame or fragmented message: bytes may bypass it.
+
+    An empty buffer is not enough: once websockets has read a frame's header it waits for the
+    payload with nothing buffered. Between frames its parser waits in `StreamReader.at_eof`;
+    should a websockets release wait elsewhere, this is never true and every read simply goes
+    through websockets (tests/test_frame_fuzz.py would notice the fast path unused).
+    """
+    if ws.state is not State.OPEN or ws.current_size is not None or ws.reader.buffer:
+        return False
+    waiting: object = ws.parser
+    while (inner := getattr(waiting, "gi_yieldfrom", None)) is not None:
+        waiting = inner
+    return getattr(waiting, "gi_code", None) is _BETWEEN_FRAMES
 
 
 def take_data_frames(
@@ -240,7 +254,8 @@ class HubWebSocketProtocol(asyncio.Protocol):
         """Flush what is queued, send the close frame, and wait briefly for the client's."""
         if self.transport is None or self.transport.is_closing():
             return
-        self.ws.send_close(disconnect.code, disconnect.reason)
+        if self.ws.state is State.OPEN:  # else websockets is closing already, its frame queued
+            self.ws.send_close(disconnect.code, disconnect.reason)
         data = b"".join(self.ws.data_to_send())
         if self.writer is not None:
             self.writer.write_now(data)
@@ -249,7 +264,8 @@ class HubWebSocketProtocol(asyncio.Protocol):
             self.transport.write(data)
         if self.client is not None:
             self.client.closed()
-        self._close_timer = self.node.loop.call_later(_CLOSE_TIMEOUT, self._abort)
+        if self._close_timer is None:
+            self._close_timer = self.node.loop.call_later(_CLOSE_TIMEOUT, self._abort)
 
     def _closed_by_protocol(self) -> None:
         """websockets itself closed the connection (oversized frame 1009, broken framing 1002)."""
