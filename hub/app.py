@@ -6,8 +6,11 @@ through the `Application` and `Broker` interfaces.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,6 +29,7 @@ from hub.drain import DrainingServer, DrainState
 from hub.node import Node
 from hub.origins import OriginPolicy
 from hub.rules import Application
+from hub.workers import BindError, Supervisor
 
 log = logging.getLogger("hub")
 
@@ -86,9 +90,40 @@ def uvicorn_config(settings: Settings, app: Starlette, **extra: Any) -> uvicorn.
     return uvicorn.Config(app, **{**options, **extra})
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, workers: int = 1) -> None:
+    """Run the node until stopped; with `workers` > 1, that many nodes in as many processes
+    sharing the port (`hub.workers`; they need Redis), the schema migrated once before."""
+    if workers > 1:
+        migrate(settings)
+        supervisor = Supervisor(settings, workers, serve_worker)
+        try:
+            status = supervisor.run()
+        except BindError as exc:
+            log.error("%s", exc)
+            sys.exit(1)
+        supervisor.reraise()
+        sys.exit(status)
     tune_garbage_collector()
     DrainingServer(uvicorn_config(settings, create_app(settings)), settings).run()
+
+
+def serve_worker(settings: Settings, sock: socket.socket) -> None:
+    """One worker of `serve`: a node on a listening socket the supervisor bound."""
+    tune_garbage_collector()
+    DrainingServer(uvicorn_config(settings, create_app(settings)), settings).run([sock])
+
+
+def migrate(settings: Settings) -> None:
+    """The database schema upgraded to head, so that workers starting together find it there
+    rather than all migrating it at once."""
+    from models.db import Database
+
+    async def upgrade() -> None:
+        database = Database(settings.database_url)
+        await database.start()
+        await database.close()
+
+    asyncio.run(upgrade())
 
 
 def tune_garbage_collector() -> None:

@@ -23,19 +23,28 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Listen port [HUB_PORT, PORT]")] = None,
     database_url: Annotated[str | None, typer.Option(help="[HUB_DATABASE_URL]")] = None,
     redis_url: Annotated[str | None, typer.Option(help="[HUB_REDIS_URL]")] = None,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Nodes to run in as many processes sharing the port, one per core "
+                    "(they meet through Redis: HUB_REDIS_URL is required)")] = 1,
 ) -> None:
     """Run the hub. Flags override the environment."""
     settings = Settings.from_env(host=host, port=port, database_url=database_url,
                                  redis_url=redis_url)
+    if workers > 1 and not settings.redis_url:
+        typer.echo(f"--workers {workers} runs {workers} nodes, which share channels through "
+                   "Redis: set HUB_REDIS_URL (or --redis-url), e.g. redis://127.0.0.1:6379/0",
+                   err=True)
+        raise typer.Exit(2)
     logs.configure(settings.log_format, sentry_dsn=os.environ.get("SENTRY_DSN") or None)
     from hub.app import serve as run  # after logging is set up: its imports log
 
     log = logging.getLogger("hub")
-    log.info("FitSync Hub %s on %s:%d: database %s, broker %s", __version__, settings.host,
-             settings.port, _database_of(settings), _broker_of(settings))
+    log.info("FitSync Hub %s on %s:%d: database %s, broker %s%s", __version__, settings.host,
+             settings.port, _database_of(settings), _broker_of(settings),
+             f", {workers} workers" if workers > 1 else "")
     if settings.dev_mode:
         _print_dev_banner(settings, log)
-    run(settings)
+    run(settings, workers)
 
 
 def _database_of(settings: Settings) -> str:
