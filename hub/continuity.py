@@ -95,6 +95,7 @@ class Continuity:
             self._tops.pop(channel, None)
             self._insufficient(channel)
             return
+        self.metrics.gap_filled.inc(len(found.publications))
         for publication in found.publications:
             self._deliver(channel, publication)
         self._tops[channel] = found.position

@@ -111,6 +111,12 @@ class Metrics:
             "Publications the broker delivered again after the node already had them",
             registry=r,
         )
+        self.gap_filled = Counter(
+            "fitsync_gap_filled_publications",
+            "Publications the broker did not deliver live that the node read from history and "
+            "delivered itself",
+            registry=r,
+        )
         self.insufficient_state = Counter(
             "fitsync_insufficient_state",
             "Channels whose missed publications history could not cover (subscribers "

@@ -193,3 +193,38 @@ async def test_nodes_on_a_redis_cluster_behave_as_one(database_url: str, scratch
         env = node_env(seeds, database_url, HUB_REDIS_CLUSTER="1")
         with cluster_of(2, env, scratch) as nodes:
             await crosses_nodes(nodes)
+
+
+async def test_a_node_that_lost_its_pubsub_connection_fills_the_gap_from_history(
+    redis: RedisServer, database_url: str, scratch: Path,
+) -> None:
+    """Redis stays up but one node's pub/sub connection is cut: publications accepted while it
+    was away are in history, so that node delivers them itself, in order and once, and its
+    subscribers neither reconnect nor notice."""
+    with cluster_of(2, node_env(redis.url, database_url), scratch) as nodes:
+        one, two = nodes.nodes
+        device, _ = await nodes.connect(one, "gus", "device")
+        channel = (await device.rpc("session.start", {})).data["channel"]
+        watcher, watcher_events = await nodes.connect(two, "gw", "admin")
+        _, events = await subscribed(watcher, channel, recoverable=True, positioned=True)
+
+        acked = []
+        for n in range(30):
+            if n == 10:
+                with redis.client() as admin:
+                    assert admin.client_kill_filter(_type="pubsub") >= 2
+            event_id = f"g{n:02d}"
+            if n >= 10:
+                await asyncio.sleep(0.03)  # keep publishing while the node is away
+            await publish_until_acked(device, channel, set_event(event_id))
+            acked.append(event_id)
+
+        await eventually(lambda: received_ids(events) == acked, timeout=20)
+        assert len(events.named("subscribed")) == 1
+        assert watcher_events.named("disconnected") == []
+        async with two.api() as api:
+            metrics = (await api.get("/metrics")).text
+        filled = [line for line in metrics.splitlines()
+                  if line.startswith("fitsync_gap_filled_publications_total")]
+        assert filled and float(filled[0].split()[-1]) > 0, "nothing was missed: no test"
+        await nodes.close_clients()
