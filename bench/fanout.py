@@ -1,4 +1,9 @@
-"""Fan-out benchmark: the hub against a bare `websockets.broadcast()` server, same load.
+"""Fan-out benchmark: the hub against two bare servers, `websockets` and node's `ws`, same load.
+
+The baselines (`--only baseline`, `--only ws`) send each publication to every connection and
+nothing more: `websockets.broadcast()` on uvloop (`baseline_server.py`), and node's `ws` with
+one `send` of the same Buffer per subscriber (`ws_baseline/server.js`, installed with `npm ci`
+from its lockfile on first use).
 
 One channel, N subscribers, ~200-byte publications. For each server, in one invocation:
 
@@ -29,6 +34,7 @@ import os
 import platform
 import resource
 import signal
+import subprocess
 import sys
 import time
 from array import array
@@ -42,9 +48,18 @@ import websockets
 from loadgen import PHASES, worker_main
 from procstat import CpuWindow, OtherProgramsWindow, process_tree, rss_kib
 from publisher import BaselinePublisher, HubPublisher, Publisher, PublishLog, publish_phase
-from servers import ServerProcess, start_baseline, start_hub, wait_healthy
+from servers import (
+    WS_BASELINE_DIR,
+    ServerProcess,
+    start_baseline,
+    start_hub,
+    start_ws_baseline,
+    wait_healthy,
+)
 
 CHANNEL = "session:bench"
+TARGETS = ("baseline", "ws", "hub")
+"""`baseline`: Python `websockets` (baseline_server.py); `ws`: node's `ws` (ws_baseline/)."""
 SERVER_CORE, LOAD_CORE = 0, 1
 FIXED = PHASES.index("fixed")
 SATURATED_PERCENT = 90.0
@@ -113,7 +128,8 @@ async def _receive(pipe: Connection, timeout: float) -> Any:
 
 @contextlib.contextmanager
 def running_server(target: str) -> Iterator[ServerProcess]:
-    server = start_hub(SERVER_CORE) if target == "hub" else start_baseline(SERVER_CORE)
+    starts = {"hub": start_hub, "ws": start_ws_baseline, "baseline": start_baseline}
+    server = starts[target](SERVER_CORE)
     try:
         wait_healthy(server)
         yield server
@@ -421,25 +437,28 @@ def lookup(result: dict[str, Any] | None, path: tuple[str, ...]) -> Any:
     return value
 
 
-def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """hub / baseline for every numeric row both servers produced."""
+def ratios(results: dict[str, dict[str, Any]], baseline: str = "baseline") -> dict[str, float]:
+    """hub / `baseline` for every numeric row both servers produced."""
     out = {}
     for label, path in ROWS:
-        hub, base = lookup(results.get("hub"), path), lookup(results.get("baseline"), path)
+        hub, base = lookup(results.get("hub"), path), lookup(results.get(baseline), path)
         if isinstance(hub, int | float) and isinstance(base, int | float) and base:
             out[label] = round(hub / base, 3)
     return out
 
 
-def render_table(results: dict[str, dict[str, Any]], ratio: dict[str, float]) -> str:
-    targets = [t for t in ("baseline", "hub") if t in results]
-    header = ["metric", *targets] + (["hub/baseline"] if len(targets) == 2 else [])
+def render_table(results: dict[str, dict[str, Any]]) -> str:
+    """One column per server, then hub/<baseline> for each baseline that ran beside the hub."""
+    targets = [t for t in TARGETS if t in results]
+    compared = [t for t in targets if t != "hub"] if "hub" in results else []
+    each = {base: ratios(results, base) for base in compared}
+    header = ["metric", *targets, *(f"hub/{base}" for base in compared)]
     lines = [header]
     for label, path in ROWS:
         marks = {t: _bound_mark(results[t], label) for t in targets}
         row = [label, *(marks[t] + _cell(lookup(results[t], path)) for t in targets)]
-        if len(targets) == 2:
-            row.append(_ratio_mark(marks["hub"], marks["baseline"]) + _cell(ratio.get(label)))
+        for base in compared:
+            row.append(_ratio_mark(marks["hub"], marks[base]) + _cell(each[base].get(label)))
         lines.append(row)
     widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
     return "\n".join(
@@ -482,14 +501,34 @@ def environment() -> dict[str, Any]:
         "websockets": websockets.__version__,
         "uvloop": uvloop.__version__,
         "event_loop": "uvloop (orchestrator, workers, baseline)",
+        "node": _command_output(["node", "--version"]),
+        "ws": _ws_version(),
         "server_core": SERVER_CORE,
         "load_core": LOAD_CORE,
     }
 
 
+def _command_output(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError:
+        return ""
+    return done.stdout.strip()
+
+
+def _ws_version() -> str:
+    manifest = WS_BASELINE_DIR / "node_modules" / "ws" / "package.json"
+    return str(json.loads(manifest.read_text())["version"]) if manifest.exists() else ""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("baseline", "hub", "both"), default="both")
+    parser.add_argument(
+        "--only",
+        choices=(*TARGETS, "both", "all"),
+        default="all",
+        help="all: websockets baseline, ws baseline and hub; both: websockets baseline and hub",
+    )
     parser.add_argument("--subscribers", type=int, help="default 1000 (200 with --quick)")
     parser.add_argument("--rate", type=float, default=10.0, help="publications/s, fixed phase")
     parser.add_argument("--fixed-seconds", type=float, help="default 10 (3 with --quick)")
@@ -527,7 +566,7 @@ def prepare_process() -> None:
 
 
 async def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    targets = ("baseline", "hub") if args.only == "both" else (args.only,)
+    targets = {"all": TARGETS, "both": ("baseline", "hub")}.get(args.only, (args.only,))
     return {target: await bench_target(target, args) for target in targets}
 
 
@@ -539,15 +578,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; servers and workers stopped", file=sys.stderr)
         return 130
-    ratio = ratios(results)
     print()
-    print(render_table(results, ratio))
+    print(render_table(results))
     if args.json:
         document = {
             "config": {k: v for k, v in vars(args).items() if k != "json"},
             "environment": environment(),
             "results": results,
-            "ratios_hub_over_baseline": ratio,
+            "ratios_hub_over_baseline": ratios(results, "baseline"),
+            "ratios_hub_over_ws": ratios(results, "ws"),
         }
         with open(args.json, "w") as out:
             json.dump(document, out, indent=2)

@@ -94,6 +94,30 @@ def start_baseline(core: int) -> ServerProcess:
     return _launch("baseline", pinned(command, core), port, dict(os.environ))
 
 
+WS_BASELINE_DIR = BENCH_DIR / "ws_baseline"
+
+
+def install_ws_baseline() -> None:
+    """`npm ci` in bench/ws_baseline once (its lockfile pins `ws`); nothing is committed."""
+    if (WS_BASELINE_DIR / "node_modules" / "ws" / "package.json").exists():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError("npm (Node.js 18 or later) is needed for the ws baseline")
+    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=WS_BASELINE_DIR, check=True)
+
+
+def start_ws_baseline(core: int) -> ServerProcess:
+    """node's `ws` server (bench/ws_baseline/server.js), installed first if needed."""
+    install_ws_baseline()
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("node (Node.js 18 or later) is needed for the ws baseline")
+    port = free_port()
+    command = [node, str(WS_BASELINE_DIR / "server.js"), "--port", str(port)]
+    return _launch("ws", pinned(command, core), port, dict(os.environ))
+
+
 def start_hub(
     core: int, database_url: str | None = None, settings: dict[str, str] | None = None
 ) -> ServerProcess:
