@@ -16,14 +16,17 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import centrifuge
 import httpx
 import pytest
+import redis.asyncio
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.frames import Frame, Opcode
@@ -32,11 +35,12 @@ from hub import auth
 from hub.protocol.codes import DisconnectCode, ErrorCode
 from simulator import Fleet
 from tests.db_fixtures import create_postgres_database, drop_postgres_database
-from tests.harness import API_KEY, SECRET, eventually, free_port
+from tests.harness import API_KEY, SECRET, Recorder, eventually, free_port
 from tests.raw import RawClient
 
 SHUTDOWN = DisconnectCode.SHUTDOWN.code
 HUB_COMMAND = [str(Path(sys.executable).with_name("fitsync-hub")), "serve"]
+SHARED_REDIS = "redis://127.0.0.1:6379"
 STARTUP_TIMEOUT_S = 60.0
 """A loaded machine may take a while to import, migrate and listen."""
 
@@ -367,3 +371,149 @@ async def test_devices_streaming_through_a_restart_lose_nothing_and_store_nothin
     assert sorted(await stored_events(postgres_url, fleet.athletes)) == acked
     second.terminate()
     assert await second.exited() == -signal.SIGTERM, second.output()
+
+
+class FailoverProxy:
+    """A load balancer in miniature, for the two-node test: each new TCP connection goes to
+    the first backend that accepts it, as nginx moves on to the next upstream when one
+    refuses. Bytes are copied both ways until either side closes."""
+
+    def __init__(self, backends: list[int]) -> None:
+        self.backends = backends
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/connection/websocket"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for pipe in list(self._pipes):
+            pipe.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for port in self.backends:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                continue
+        else:
+            writer.close()
+            return
+        pipes = [asyncio.get_running_loop().create_task(_pipe(a, b))
+                 for a, b in ((reader, up_writer), (up_reader, writer))]
+        self._pipes.update(pipes)
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for pipe in pipes:
+            pipe.cancel()
+        for end in (writer, up_writer):
+            end.close()
+        self._pipes.difference_update(pipes)
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    except OSError:
+        pass
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A prefix of this test on the shared Redis; its keys are deleted afterwards."""
+    prefix = f"fitsync-test-drain-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.asyncio.Redis.from_url(SHARED_REDIS)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def test_draining_one_of_two_nodes_moves_its_clients_to_the_other_with_nothing_lost(
+        start_hub_process: StartHub, postgres_url: str, redis_prefix: str) -> None:
+    athletes, per_athlete, events = 3, 2, 40
+    total = athletes * per_athlete * events
+    cluster = {"redis_url": SHARED_REDIS, "redis_prefix": redis_prefix,
+               "drain_refuse_delay": 0.5, "drain_seconds": 2, "shutdown_timeout": 15}
+    drained = await start_hub_process(postgres_url, **cluster)
+    staying = await start_hub_process(postgres_url, **cluster)
+    proxy = FailoverProxy([drained.port, staying.port])
+    await proxy.start()
+
+    def tokens(athlete: str, device: str) -> str:
+        return drained.token(athlete, "device", device)
+
+    watchers: list[tuple[centrifuge.Client, Recorder]] = []
+    try:
+        async with Fleet(proxy.ws_url, tokens, athletes=athletes,
+                         devices_per_athlete=per_athlete) as fleet:
+            for athlete, session_id in zip(fleet.athletes, fleet.sessions, strict=True):
+                watchers.append(await watch(proxy.ws_url, drained.token(athlete),
+                                            f"session:{session_id}"))
+            running = asyncio.get_running_loop().create_task(fleet.run(count=events, rate=8))
+
+            async def some_stored() -> bool:
+                return len(await stored_events(postgres_url, fleet.athletes)) >= total // 5
+
+            await eventually(_async_check(some_stored, True), timeout=30)
+            drained.terminate()
+            result = await asyncio.wait_for(running, 120)
+            assert await drained.exited() == -signal.SIGTERM, drained.output()
+
+            summary = result.summary()
+            assert summary["failed"] == {} and summary["stopped"] == [], summary
+            assert summary["acked"] == total, summary
+            acked = sorted((fleet.athletes[i // per_athlete], event_id)
+                           for i, report in enumerate(result.reports)
+                           for event_id in report.acked)
+            assert sorted(await stored_events(postgres_url, fleet.athletes)) == acked
+
+            # Every watcher moved to the other node, recovered what it missed from the
+            # history in Redis, and saw each of its athlete's events once, in order.
+            for athlete, (_, recorder) in zip(fleet.athletes, watchers, strict=True):
+                expected = sorted(e for a, e in acked if a == athlete)
+
+                def seen(recorder: Recorder = recorder) -> list[str]:
+                    return [p["event_id"] for p in recorder.publications() if "event_id" in p]
+
+                def caught_up(seen: Callable[[], list[str]] = seen, count: int = len(expected),
+                              ) -> bool:
+                    return len(seen()) >= count
+
+                await eventually(caught_up, timeout=30)
+                assert sorted(seen()) == expected
+                offsets = [ctx.pub.offset for ctx in recorder.named("publication")]
+                assert offsets == sorted(set(offsets))
+                subscribed = recorder.named("subscribed")
+                assert len(subscribed) >= 2 and subscribed[-1].recovered, subscribed
+    finally:
+        for client, _ in watchers:
+            await client.disconnect()
+        await proxy.close()
+    staying.terminate()
+    assert await staying.exited() == -signal.SIGTERM, staying.output()
+
+
+async def watch(url: str, token: str, channel: str) -> tuple[centrifuge.Client, Recorder]:
+    """An SDK client subscribed to `channel`, recording what it receives."""
+    recorder = Recorder()
+    client = centrifuge.Client(url, events=recorder, token=token, max_reconnect_delay=1.0)
+    subscription = client.new_subscription(channel, events=recorder)
+    await client.connect()
+    await subscription.subscribe()
+    await subscription.ready(timeout=10)
+    return client, recorder
