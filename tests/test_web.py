@@ -154,8 +154,8 @@ async def test_after_the_socket_is_cut_by_the_server_every_event_is_shown_exactl
 
     streaming = asyncio.create_task(watch.run(session_id, count=40, rate=20))
     await wait_for_rows(web, 5)
-    cut = await hub.node.disconnect_user("demo-trainer", DisconnectCode.FORCE_RECONNECT)
-    assert cut == 1
+    await hub.node.disconnect_user("demo-trainer", DisconnectCode.FORCE_RECONNECT)
+    await web.page.wait_for_selector("#conn:not([data-state=live])")
     report = await streaming
     await wait_for_rows(web, 40)
 
@@ -229,9 +229,12 @@ async def test_the_athlete_asks_the_coach_sees_the_answer_stream_and_can_cancel_
     async with LLMServer() as llm:
         hub: RunningHub = await make_hub(dev_login=True, coach_api_key="sk-test",
                                          coach_base_url=llm.base_url, coach_coalesce_ms=5.0)
+        await set_up_demo(hub, athletes=0)  # the demo trainer watches the demo athlete
         web = await open_page(hub, "demo-athlete")
+        trainer = await open_page(hub, "demo-trainer", "trainer", fragment="#/trainer/demo-athlete")
         page = web.page
         answers = "[data-testid=coach-messages] .message.assistant"
+        await trainer.page.wait_for_selector("text=Coach chat (read only)")
 
         llm.script(Behaviour(text=ANSWER * 3, tokens_per_second=8))
         await page.fill("textarea[name=question]", "How should I squat today?")
@@ -242,6 +245,9 @@ async def test_the_athlete_asks_the_coach_sees_the_answer_stream_and_can_cancel_
         early = await streaming.inner_text()
         await web.wait_for("(early) => document.querySelector("
                            f"{answers!r}).textContent.length > early.length + 5", early)
+        # The trainer sees the same answer stream, read only.
+        await trainer.page.locator(f"{answers}[data-status=streaming]").wait_for()
+        assert await trainer.page.locator("textarea[name=question]").count() == 0
         await page.click("button:has-text('Cancel')")
         cancelled = page.locator(f"{answers}[data-status=cancelled]")
         await cancelled.wait_for(timeout=15_000)
@@ -258,6 +264,10 @@ async def test_the_athlete_asks_the_coach_sees_the_answer_stream_and_can_cancel_
         done = page.locator(f"{answers}[data-status=done]")
         await done.wait_for(timeout=15_000)
         assert await done.inner_text() == ANSWER
+        watched = trainer.page.locator(f"{answers}[data-status=done]")
+        await watched.wait_for()
+        assert await watched.inner_text() == ANSWER
+        assert await trainer.page.locator(f"{answers}[data-status=cancelled]").count() == 1
 
 
 async def test_the_coach_panel_says_so_when_the_hub_has_no_coach(

@@ -63,12 +63,16 @@ export class AthleteApp {
     if (!this.live) return;
     try {
       await rpc(this.client, "session.end", { session_id: this.live.sessionId });
-      this.startButton.hidden = false;
-      this.endButton.hidden = true;
-      this.form.hidden = true;
+      this._ended();
     } catch (error) {
       this._notice(error.message ?? String(error));
     }
+  }
+
+  _ended() {
+    this.startButton.hidden = false;
+    this.endButton.hidden = true;
+    this.form.hidden = true;
   }
 
   _idle() {
@@ -83,7 +87,10 @@ export class AthleteApp {
     this.view = new SessionView(this.live.store, { title: "Your session", me: this.me });
     this.sessionSlot.replaceChildren(this.view.el);
     this.view.mounted();
-    this.live.listen(() => this.view.render(this.live.watcherUsers()));
+    this.live.listen(() => {
+      this.view.render(this.live.watcherUsers());
+      if (this.live.store.status === "ended") this._ended(); // perhaps by the athlete's watch
+    });
     this.startButton.hidden = true;
     this.endButton.hidden = false;
     this.form.hidden = false;
