@@ -31,6 +31,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -44,6 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import httpx
 import uvloop
 from fanout import SERVER_CORE, prepare_process, wait_quiet
 from ingest import DEFAULT_ADMIN_URL, MeasuredCpu, environment, fresh_database, postgres_pids
@@ -210,6 +212,60 @@ def cpu_groups(server: ServerProcess) -> dict[str, list[int]]:
     return {"hub": process_tree(server.pid), "load": [os.getpid()], "postgres": postgres_pids()}
 
 
+# -- the hub's own histograms -----------------------------------------------------------
+
+HISTOGRAMS: dict[str, tuple[str, dict[str, str], float]] = {
+    "db_commit_ms": ("fitsync_db_commit_seconds", {}, 1000.0),
+    "publish_command_ms": ("fitsync_command_duration_seconds", {"method": "publish"}, 1000.0),
+    "connect_command_ms": ("fitsync_command_duration_seconds", {"method": "connect"}, 1000.0),
+    "events_per_batch": ("fitsync_event_batch_size", {}, 1.0),
+}
+"""What the hub measures inside: the event writer's transactions (sent → result), the time
+from a command's dispatch to its reply, and batch sizes. Beside the load generator's
+figures they tell a database that stalls from an event loop that does."""
+_SAMPLE = re.compile(r'^(\w+)_bucket\{(.*)\} (\S+)$')
+
+
+def scrape_buckets(server: ServerProcess) -> dict[str, dict[float, float]]:
+    """Cumulative bucket counts (upper bound → count) of `HISTOGRAMS` from `/metrics`."""
+    try:
+        text = httpx.get(f"{server.base_url}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    found: dict[str, dict[float, float]] = {name: {} for name in HISTOGRAMS}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        metric, raw_labels, value = match.groups()
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', raw_labels))
+        bound = labels.pop("le")
+        for name, (wanted, selector, _) in HISTOGRAMS.items():
+            if metric == wanted and all(labels.get(k) == v for k, v in selector.items()):
+                found[name][float(bound)] = float(value)
+    return found
+
+
+def histogram_window(
+    before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]
+) -> dict[str, dict[str, float]]:
+    """Per histogram, observations between the two scrapes and the bucket bounds their p50,
+    p99 and max fall under (`inf`: above the largest bucket)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, (_, _, scale) in HISTOGRAMS.items():
+        bounds = sorted(after.get(name, {}))
+        counts = [after[name][b] - before.get(name, {}).get(b, 0.0) for b in bounds]
+        total = counts[-1] if counts else 0.0
+        if not total:
+            continue
+        summary: dict[str, float] = {"count": total}
+        for label, q in (("p50_under", 0.5), ("p99_under", 0.99), ("max_under", 1.0)):
+            bound = next(b for b, c in zip(bounds, counts, strict=True) if c >= q * total)
+            summary[label] = bound * scale if bound != float("inf") else bound
+        out[name] = summary
+    return out
+
+
 # -- the load -----------------------------------------------------------------------------
 
 
@@ -224,11 +280,13 @@ async def bench_load(args: argparse.Namespace) -> dict[str, Any]:
                 end = measured + args.seconds
                 fleet.schedule(ledger, rate=rate, jitter=args.jitter, start=start, end=end)
                 await wait_until(measured)
+                buckets = await asyncio.to_thread(scrape_buckets, server)
                 async with RssPeak(server.pid) as rss:
                     window = MeasuredCpu(cpu_groups(server))
                     with py_spy(server.pid, args.py_spy_seconds or args.seconds, args.py_spy):
                         await wait_until(end)
                         cpu, others = window.stop()
+                inside = histogram_window(buckets, await asyncio.to_thread(scrape_buckets, server))
                 drained = await drain(ledger, args.drain_seconds)
                 closed = dict(ledger.closed)
         check = await verify_stored(url, set(ledger.acked))
@@ -244,6 +302,7 @@ async def bench_load(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_percent": cpu,
         "busiest_other_processes": others,
         "hub_rss_peak_kib": rss.peak_kib,
+        "hub_histograms": inside,
         "check": check,
     }
 
@@ -315,6 +374,7 @@ async def _storm_under_load(
     await wait_until(storm_at)
     rss_before = rss_kib(server.pid)
     overflows_before = listen_overflows()
+    buckets = await asyncio.to_thread(scrape_buckets, server)
     async with RssPeak(server.pid) as rss:
         window = MeasuredCpu({**cpu_groups(server), "storm_clients": [storm_pid]})
         with py_spy(server.pid, args.py_spy_seconds or 10.0, args.py_spy):
@@ -323,6 +383,7 @@ async def _storm_under_load(
             cpu, others = window.stop()
     rss_connected = rss_kib(server.pid)
     overflows = listen_overflows() - overflows_before
+    inside = histogram_window(buckets, await asyncio.to_thread(scrape_buckets, server))
     storm_end = storm["ended"]
     after_end = storm_end + args.after_seconds
     await wait_until(after_end)
@@ -345,6 +406,7 @@ async def _storm_under_load(
         "hub_rss_kib": {"before": rss_before, "all_connected": rss_connected,
                         "peak": rss.peak_kib, "settled": rss_settled},
         "kib_per_connection_settled": round(per_connection, 2) if per_connection else None,
+        "hub_histograms_storm": inside,
     }
 
 
@@ -387,8 +449,17 @@ def render_load(result: dict[str, Any]) -> str:
         ("postgres cpu %", str(cpu["cpu_postgres"])),
         ("other programs cpu %", str(cpu["cpu_other"])),
         ("core0 / core1 busy %", f"{cpu['core0']} / {cpu['core1']}"),
+        *_histogram_rows(result["hub_histograms"]),
     ]
     return _table(rows)
+
+
+def _histogram_rows(found: dict[str, dict[str, float]]) -> list[tuple[str, str]]:
+    return [
+        (f"hub {name}: p50 / p99 / max under (bucket)",
+         f"{h['p50_under']:g} / {h['p99_under']:g} / {h['max_under']:g} ({h['count']:,.0f})")
+        for name, h in found.items()
+    ]
 
 
 def render_storm(result: dict[str, Any]) -> str:
@@ -419,6 +490,7 @@ def render_storm(result: dict[str, Any]) -> str:
         rows.append((f"live not acked / lag p99 ms {phase}",
                      f"{live['not_acked']} / {live['schedule_lag_ms'].get('p99', '-')}"))
     rows.append(("live stored exactly once", "yes" if result["check"]["ok"] else "NO"))
+    rows.extend(_histogram_rows(result["hub_histograms_storm"]))
     return _table(rows)
 
 
