@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import pytest
 from redis.crc import key_slot
@@ -25,7 +26,7 @@ from hub.broker.base import (
 )
 from hub.broker.redis import RedisBroker
 from hub.broker.redis_codec import KeySpace
-from tests.broker.redis_servers import RedisServer, redis_server
+from tests.broker.redis_servers import RedisServer, redis_server, redis_servers
 
 HISTORY = HistoryOptions(size=100, ttl=60.0)
 ALICE = ClientInfo(user="alice", client="c-alice-1", conn_info=b'{"device":"watch"}')
@@ -399,6 +400,38 @@ async def test_sharded_channels_spread_over_every_shard_and_keys_stay_on_theirs(
             found = set(client.scan_iter(match=f"{prefix}:*"))
         assert mine, f"no channel on shard {index}"
         assert found == expected
+
+
+async def test_one_shard_restarting_resubscribes_only_its_channels() -> None:
+    with redis_servers(3) as servers:
+        urls = [server.url for server in servers]
+        publisher, subscriber = RedisBroker(urls, timeout=1.0), RedisBroker(urls, timeout=1.0)
+        publishing, node = Node(), Node()
+        await publisher.start(publishing)
+        await subscriber.start(node)
+        try:
+            channels = [f"session:{n}" for n in range(30)]
+            for name in channels:
+                await subscriber.subscribe(name)
+            on_shard = {
+                index: [name for name in channels if subscriber.shard_of(name) == index]
+                for index in range(3)
+            }
+            assert all(on_shard.values())
+            await publisher.publish_control(b"before")
+            await eventually(lambda: node.controls == publishing.controls == [b"before"])
+
+            servers[1].restart()
+
+            await eventually(lambda: node.resubscribed == [sorted(on_shard[1])])
+            for name in channels:
+                await eventually_succeeds(partial(publisher.publish, name, b"{}"))
+            await eventually(lambda: {ch for ch, _ in node.publications} == set(channels))
+            await publisher.publish_control(b"after")
+            await eventually(lambda: node.controls == [b"before", b"after"])
+        finally:
+            await publisher.close()
+            await subscriber.close()
 
 
 async def test_cluster_nodes_share_channels_through_sharded_pubsub(
