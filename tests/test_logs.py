@@ -18,7 +18,10 @@ import centrifuge
 import pytest
 
 from hub import logs
+from tests.app_helpers import a_set, connection_switch, reply_error, start_session
+from tests.db_fixtures import create_postgres_database, drop_postgres_database
 from tests.harness import SECRET, eventually
+from tests.raw import MakeHub, OpenSdk
 from tests.serve_process import serve
 
 
@@ -176,3 +179,31 @@ def test_a_hub_that_cannot_start_reports_it_to_sentry(
     assert hub.process.returncode != 0
     assert "errors are reported to Sentry" in hub.log()
     assert any(b"Application startup failed" in body for body in received), hub.log()
+
+
+async def test_what_is_logged_while_a_publish_is_handled_names_its_connection_user_and_channel(
+    make_hub: MakeHub, sdk: OpenSdk, formatted: tuple[logging.Logger, io.StringIO, logging.Handler],
+) -> None:
+    _, stream, handler = formatted
+    handler.setFormatter(logs.formatter("json"))
+    watched = [logging.getLogger(name) for name in ("hub", "channels")]
+    database = await create_postgres_database()
+    try:
+        hub = await make_hub(database)
+        device, _ = await sdk(hub, hub.token("ann", "device", device="ann-watch"))
+        channel = f"session:{await start_session(device)}"
+        [client] = hub.node.clients["ann"]
+        for logger in watched:
+            logger.addHandler(handler)
+        async with connection_switch(database) as allow:
+            await allow(False)  # the database is gone: the failed publish is logged
+            assert (await reply_error(device.publish(channel, a_set("s1")))).temporary
+    finally:
+        for logger in watched:
+            logger.removeHandler(handler)
+        await drop_postgres_database(database)
+    failures = [r for r in _records(stream.getvalue()) if r["level"] in ("WARNING", "ERROR")]
+    assert failures
+    for record in failures:
+        assert (record["client"], record["user"], record["channel"]) == (client.id, "ann", channel)
+        assert "Traceback" in str(record["exc_info"])
