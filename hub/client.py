@@ -254,8 +254,16 @@ class Client:
             self.node.forget_client(self)
 
     def _stale(self) -> None:
-        if self.state == CONNECTING:
-            self.close(DisconnectCode.STALE)
+        """No connect within `connect_timeout` of the socket opening: 3502, which the SDKs
+        do not retry. A connect that arrived and waits for its turn, or is being answered,
+        is the node's delay, not the client's: it is answered (maybe with a temporary error),
+        and checked again after another `connect_timeout`."""
+        if self.state != CONNECTING:
+            return
+        if self._queue or self._task is not None:
+            self._timer = self.node.loop.call_later(self.node.settings.connect_timeout, self._stale)
+            return
+        self.close(DisconnectCode.STALE)
 
     def _schedule_ping(self, first: bool = False) -> None:
         interval = self.node.settings.ping_interval

@@ -225,3 +225,16 @@ async def test_the_listen_queue_is_as_long_as_configured(make_hub: MakeHub) -> N
     ).stdout.split()
 
     assert listening[0] == "LISTEN" and listening[2] == "77"  # Send-Q: the backlog
+
+
+async def test_a_connect_the_database_delays_is_answered_not_closed_as_stale(
+    database_url: str, make_hub: MakeHub, raw: OpenRaw, write_lock: Callable[[], Any]
+) -> None:
+    hub = await make_hub(database_url, connect_timeout=0.5)
+    await write_lock()
+
+    client = await raw(hub)
+    reply = await client.command("connect", {"token": hub.token("fay")}, timeout=30)
+
+    assert reply["error"]["code"] == TEMPORARY_ERROR and reply["error"]["temporary"] is True
+    assert await client.close_code(timeout=5) == 3502  # it did not retry: now it is stale
