@@ -84,6 +84,8 @@ async def test_trainer_sees_a_simulated_clients_sets_appear_live_and_the_chart_g
 
     await watch.end_session(session_id)
     await web.page.wait_for_selector("[data-testid=summary]:has-text('Session ended: 8 sets')")
+    past = f"[data-testid=past-sessions] tr[data-session='{session_id}']"
+    await web.page.wait_for_selector(f"{past}:has-text('ended'):has-text('8 sets')")
     for d in (strap, watch):
         await d.close()
 
@@ -268,6 +270,11 @@ async def test_the_athlete_asks_the_coach_sees_the_answer_stream_and_can_cancel_
         await watched.wait_for()
         assert await watched.inner_text() == ANSWER
         assert await trainer.page.locator(f"{answers}[data-status=cancelled]").count() == 1
+
+        await page.reload()  # the conversation comes back from coach.history
+        await page.locator(f"{answers}[data-status=done]").wait_for()
+        statuses = await page.eval_on_selector_all(answers, "els => els.map(e => e.dataset.status)")
+        assert statuses == ["cancelled", "failed", "done"]
 
 
 async def test_the_coach_panel_says_so_when_the_hub_has_no_coach(

@@ -67,8 +67,9 @@ export class TrainerApp {
     if (event.type === "client_session_started") {
       known.live_session_id = event.session_id;
       this._watch(event.session_id);
-    } else if (event.type === "client_session_ended" && known.live_session_id === event.session_id) {
-      known.live_session_id = null;
+    } else if (event.type === "client_session_ended") {
+      if (known.live_session_id === event.session_id) known.live_session_id = null;
+      this._unwatch(event.session_id);
     }
     this._renderCard(event.user_id);
     if (this.detail?.client.user_id === event.user_id) this.detail.sessionChanged();
@@ -83,6 +84,14 @@ export class TrainerApp {
       if (owner) this._renderCard(owner.user_id);
     });
     return live;
+  }
+
+  /** An ended session keeps its subscription only while its page shows it (the summary). */
+  _unwatch(sessionId) {
+    const live = this.live.get(sessionId);
+    if (!live || this.detail?.view?.store === live.store) return;
+    live.stop();
+    this.live.delete(sessionId);
   }
 
   _roster() {
