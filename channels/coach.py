@@ -10,9 +10,10 @@ RPCs: `coach.ask`, `coach.cancel`, `coach.history`.
 
 Cancel across nodes: the node streaming an answer cancels it at once (its model stream is
 closed). A cancel arriving on another node ends the row as `cancelled` in the database
-(conditional, so exactly once) and announces it; the streaming node notices at its next save
-(within `HUB_COACH_SAVE_INTERVAL`) and stops without publishing more. A node-to-node control
-message to the streaming node would make that immediate.
+(conditional, so exactly once) and answers `{"cancelled": true}`; the streaming node notices at
+its next save (within `HUB_COACH_SAVE_INTERVAL`), closes the model stream and publishes
+`cancelled` after its last delta, so the answer is still published by one task, in order. A
+node-to-node control message to the streaming node would make that immediate.
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ NOT_CONFIGURED = ErrorCode.NOT_AVAILABLE.with_message(
     "the AI coach is not configured: set OPENAI_API_KEY (or HUB_COACH_API_KEY) on the hub, "
     "and OPENAI_BASE_URL for an OpenAI-compatible server other than OpenAI's")
 STOPPING = ErrorCode.NOT_AVAILABLE.with_message("the hub is restarting: ask again in a moment")
+
+
+def shutdown_grace(settings: Settings) -> float:
+    """How long streaming answers get to finish once the node closes the application.
+
+    Answers stream on through the whole drain (clients leaving over `HUB_DRAIN_SECONDS` do not
+    stop them); what the drain leaves of `HUB_SHUTDOWN_TIMEOUT` is split, as `hub.drain` does,
+    between the last commands and closing the application: half of it, 1.5 s by default. The
+    answers still streaming then are failed (retryable)."""
+    slack = settings.shutdown_timeout - settings.drain_refuse_delay - settings.drain_seconds
+    return max(slack, 0.0) / 2
 
 
 def history_size(settings: Settings) -> int:
@@ -95,7 +107,7 @@ class CoachService:
 
     async def drain(self) -> None:
         await self._stop_sweeper()
-        await self.background.drain(self.settings.coach_shutdown_grace)
+        await self.background.drain(shutdown_grace(self.settings))
 
     async def close(self) -> None:
         await self._stop_sweeper()
@@ -149,7 +161,11 @@ async def ask(service: CoachService, ctx: Context, who: Principal,
         await coach.publish(who.user, {"type": "message", **question, "reply_id": reply_id})
     except Exception:  # stored already; the answer still streams and is in coach.history
         log.warning("could not publish the question of %s", who.user, exc_info=True)
-    coach.start_answer(who.user, question, reply_id, service.prompt_for(who.user, question))
+    try:
+        coach.start_answer(who.user, question, reply_id, service.prompt_for(who.user, question))
+    except RuntimeError:  # the node began stopping meanwhile: the question stays, answered failed
+        await coach_queries.finish_answer(ctx.db, reply_id, "failed")
+        raise ReplyError(STOPPING) from None
     return {"message_id": question["message_id"], "reply_id": reply_id}
 
 
@@ -168,12 +184,14 @@ async def cancel(service: CoachService, ctx: Context, who: Principal,
         return {"cancelled": await running.cancel()}
     if stored["status"] != "streaming":
         return {"cancelled": False}
-    # Streaming on another node (or just ending here): end it in the database, exactly once.
-    ended = await coach_queries.finish_answer(ctx.db, reply_id, "cancelled")
+    # Streaming on another node: end it in the database, exactly once; that node stops at
+    # its next save and announces it, unless it is dead.
+    ended = await coach_queries.cancel_elsewhere(ctx.db, reply_id, service.settings.coach_lease)
     if ended is None:
         return {"cancelled": False}
-    await coach.publish(who.user, {"type": "cancelled", "reply_id": reply_id,
-                                   "message_id": ended["reply_to"], "text": ended["text"]})
+    if ended["announce"]:
+        await coach.publish(who.user, {"type": "cancelled", "reply_id": reply_id,
+                                       "message_id": ended["reply_to"], "text": ended["text"]})
     return {"cancelled": True}
 
 

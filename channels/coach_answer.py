@@ -19,8 +19,10 @@ that index on.
 How an answer ends, exactly once (each final write is conditional on the row still streaming):
 `done`; `cancelled` (`coach.cancel`: the model's stream is closed at once); `failed` with a
 short reason and `retryable` (a model error, a stall, a broken stream, the node stopping). A
-saver that finds the row no longer streaming (cancelled on another node, or failed as dead
-after its lease ran out) stops the answer without publishing anything more.
+saver that finds the row no longer streaming stops the answer: when it was cancelled through
+another node, this task stores the full text and publishes `cancelled` after its last delta
+(`coach_queries.settle_cancel`); when it was failed as dead (its lease ran out while the
+database was unreachable, say), the sweep announced it and nothing more is published.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import openai
 import orjson
+from openai.types.chat import ChatCompletionMessageParam
 
 from hub.config import Settings
 from hub.rules import BackgroundWork, HubAPI
@@ -58,7 +61,8 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class Cancelled:
-    pass
+    elsewhere: bool = False
+    """Cancelled through another node, which left the announcement to us."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +97,10 @@ def failure_of(exc: BaseException, *, started: bool, stall_timeout: float) -> Fa
             return Failed(f"the model API failed ({status})", retryable=True)
         return Failed(f"the model API refused the request ({status})", retryable=False)
     if isinstance(exc, TimeoutError):
-        return Failed(f"the model stopped sending (nothing for {stall_timeout:g} s)",
+        if started:
+            return Failed(f"the model stopped sending (nothing for {stall_timeout:g} s)",
+                          retryable=True)
+        return Failed(f"the model API did not answer within {stall_timeout:g} s",
                       retryable=True)
     if isinstance(exc, openai.APITimeoutError):
         return Failed("the model API did not answer in time", retryable=True)
@@ -130,7 +137,9 @@ class Coach:
             self.client = openai.AsyncOpenAI(
                 api_key=settings.coach_api_key, base_url=settings.coach_base_url,
                 max_retries=0,
-                timeout=openai.Timeout(settings.coach_stall_timeout,
+                # Reads get a second more than the stall timeout the answer enforces itself,
+                # so a stall is always reported as one.
+                timeout=openai.Timeout(settings.coach_stall_timeout + 1,
                                        connect=settings.coach_connect_timeout),
             )
 
@@ -140,9 +149,11 @@ class Coach:
 
     def start_answer(self, user_id: str, question: dict[str, Any], reply_id: str,
                      messages_of: PromptSource) -> Answer:
+        """Run the answer as application-owned background work; RuntimeError when the node is
+        stopping (nothing runs then)."""
         answer = Answer(self, user_id, question["message_id"], reply_id, messages_of)
-        self.running[reply_id] = answer
         self.background.spawn(answer.run())
+        self.running[reply_id] = answer
         return answer
 
     async def publish(self, user_id: str, payload: dict[str, Any]) -> None:
@@ -189,6 +200,7 @@ class Answer:
         self._parts: list[str] = []
         self._reader: asyncio.Task[None] | None = None
         self._cancel_requested = False
+        self._cancelled_elsewhere = False
         self._terminal: Outcome | None = None
         self._finished: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._finish_reason: str | None = None
@@ -236,7 +248,7 @@ class Answer:
             if task is not None:
                 task.uncancel()
             return Failed("the hub restarted mid-answer", retryable=True)
-        except Exception as exc:  # publishing failed (the broker is unreachable)
+        except Exception as exc:  # noqa: BLE001 - publishing failed: the answer fails, says why
             return failure_of(exc, started=bool(self._parts),
                               stall_timeout=self.coach.settings.coach_stall_timeout)
         finally:
@@ -259,7 +271,8 @@ class Answer:
         try:
             async with asyncio.timeout(settings.coach_stall_timeout) as stall:
                 stream = await client.chat.completions.create(
-                    model=settings.coach_model, messages=messages,  # type: ignore[arg-type]
+                    model=settings.coach_model,
+                    messages=cast("list[ChatCompletionMessageParam]", messages),
                     max_tokens=settings.coach_max_tokens, stream=True,
                     stream_options={"include_usage": True},
                 )
@@ -277,9 +290,9 @@ class Answer:
                 finally:
                     await stream.close()
         except asyncio.CancelledError:
-            self._queue.put_nowait(Cancelled() if self._cancel_requested else Lost())
+            self._queue.put_nowait(self._why_stopped())
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the model API did ends the answer
             self._queue.put_nowait(failure_of(exc, started=started,
                                               stall_timeout=settings.coach_stall_timeout))
             return
@@ -288,6 +301,13 @@ class Answer:
                                           retryable=True))
         else:
             self._queue.put_nowait(Done(self._finish_reason, self._usage))
+
+    def _why_stopped(self) -> Outcome:
+        if self._cancel_requested:
+            return Cancelled()
+        if self._cancelled_elsewhere:
+            return Cancelled(elsewhere=True)
+        return Lost()
 
     async def _publish_stream(self) -> Outcome:
         """Publish the queued text as coalesced deltas until an outcome arrives."""
@@ -334,10 +354,13 @@ class Answer:
                 log.warning("could not save coach answer %s", self.reply_id, exc_info=True)
                 continue
             if not kept:
+                with contextlib.suppress(Exception):
+                    stored = await coach_queries.get_answer(self.coach.db, self.reply_id)
+                    self._cancelled_elsewhere = bool(stored and stored["status"] == "cancelled")
                 if self._reader is not None:
                     self._reader.cancel()
                 else:
-                    self._queue.put_nowait(Lost())
+                    self._queue.put_nowait(self._why_stopped())
                 return
 
     async def _finish(self, outcome: Outcome) -> str | None:
@@ -360,18 +383,22 @@ class Answer:
                        "reason": outcome.reason}
             if outcome.retry_after is not None:
                 payload["retry_after"] = outcome.retry_after
+        stored: dict[str, Any] | None
         try:
-            stored = await coach_queries.finish_answer(
-                coach.db, self.reply_id, status, text=text, deltas=len(self._parts),
-                finish_reason=outcome.finish_reason if isinstance(outcome, Done) else None,
-                usage=outcome.usage if isinstance(outcome, Done) else None)
+            if isinstance(outcome, Cancelled) and outcome.elsewhere:
+                settled = await coach_queries.settle_cancel(coach.db, self.reply_id, text,
+                                                            len(self._parts))
+                stored = {} if settled else None
+            else:
+                stored = await coach_queries.finish_answer(
+                    coach.db, self.reply_id, status, text=text, deltas=len(self._parts),
+                    finish_reason=outcome.finish_reason if isinstance(outcome, Done) else None,
+                    usage=outcome.usage if isinstance(outcome, Done) else None)
         except Exception:
-            # The row stays `streaming` until its lease runs out and a sweep fails it: say so.
+            # The row stays `streaming` until its lease runs out; the sweep then fails it and
+            # announces that, once, as it does for an answer whose node died.
             log.warning("could not store coach answer %s", self.reply_id, exc_info=True)
-            status = "failed"
-            payload = {"type": "error", **base, "retryable": True,
-                       "reason": "the answer could not be stored"}
-            stored = {}
+            return None
         if stored is None:
             return None  # ended elsewhere first, and announced there
         try:

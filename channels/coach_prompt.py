@@ -6,7 +6,7 @@ character budget needs no tokenizer (nothing is downloaded at run time) and, at 
 characters a token for English, is easy to set against a model's context size. The system
 prompt, the question and the athlete's context always go in (the context cut to what is left
 after the other two); then as many of the latest conversation turns as fit, oldest left out
-first, never half a turn.
+first: a turn is never cut, and an answer never goes without its question.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ class PromptBuilder:
             left -= len(item["text"])
             turns.append({"role": item["role"], "content": item["text"]})
         turns.reverse()
+        if turns and turns[0]["role"] == "assistant":
+            turns.pop(0)  # its question did not fit
         return [{"role": "system", "content": self.system_prompt},
                 {"role": "system", "content": context},
                 *turns,
@@ -102,7 +104,7 @@ def _worth_sending(item: dict[str, Any]) -> bool:
 def _ago(iso_time: str | None) -> str:
     if iso_time is None:
         return "recently"
-    then = datetime.fromisoformat(iso_time.replace("Z", "+00:00"))
+    then = datetime.fromisoformat(iso_time)
     hours = (datetime.now(UTC) - then).total_seconds() / 3600
     if hours < 1:
         return "less than an hour ago"

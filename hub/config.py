@@ -99,8 +99,6 @@ class Settings:
     coach_connect_timeout: float = 5.0
     coach_stall_timeout: float = 30.0
     """No response or no chunk from the model for this long fails the answer (retryable)."""
-    coach_shutdown_grace: float = 3.0
-    """On stop, answers streaming get this long to finish; the rest are failed (retryable)."""
     coach_history_ttl: float = 3600.0
     """How long `coach:` publications stay in channel history for recovery."""
     dev_mode: bool = field(default=False)

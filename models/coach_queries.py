@@ -26,7 +26,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 
 from models.db import Database
 from models.queries import COACH_STATUSES, iso
@@ -157,6 +157,40 @@ async def finish_answer(
             .returning(cm.c.user_id, cm.c.reply_to, cm.c.text, cm.c.deltas)
         )).first()
     return None if row is None else dict(row._mapping)
+
+
+async def cancel_elsewhere(db: Database, reply_id: str, lease: float) -> dict[str, Any] | None:
+    """End a `streaming` answer as `cancelled` from a node that is not streaming it.
+
+    Returns the answer (`reply_to`, `text`, `announce`), or None when it was not streaming.
+    The streaming node sees the status at its next save, stops, stores its full text and
+    announces the cancel itself (`settle_cancel`), so `cancelled` comes after its last delta.
+    Only when that node is dead (its lease ran out) is `announce` True: the caller announces.
+    """
+    cm = coach_messages
+    cutoff = utcnow() - timedelta(seconds=lease)
+    async with db.write() as conn:
+        row = (await conn.execute(
+            update(cm).where(cm.c.id == reply_id, cm.c.status == "streaming")
+            .values(status="cancelled", heartbeat_at=case(
+                (cm.c.heartbeat_at < cutoff, None), else_=cm.c.heartbeat_at))
+            .returning(cm.c.reply_to, cm.c.text, cm.c.heartbeat_at)
+        )).first()
+    if row is None:
+        return None
+    return {"reply_to": row.reply_to, "text": row.text, "announce": row.heartbeat_at is None}
+
+
+async def settle_cancel(db: Database, reply_id: str, text: str, deltas: int) -> bool:
+    """The streaming node's side of `cancel_elsewhere`: store the full text and claim the
+    announcement; True exactly once, and only if the cancelling node left it to us."""
+    cm = coach_messages
+    async with db.write() as conn:
+        result = await conn.execute(
+            update(cm).where(cm.c.id == reply_id, cm.c.status == "cancelled",
+                             cm.c.heartbeat_at.is_not(None))
+            .values(text=text, deltas=deltas, heartbeat_at=None))
+    return result.rowcount > 0
 
 
 async def fail_stale_answers(db: Database, lease: float) -> list[dict[str, Any]]:

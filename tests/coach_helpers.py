@@ -16,7 +16,6 @@ CoachHub = Callable[..., Awaitable[RunningHub]]
 FAST_COACH = {
     "coach_api_key": "sk-test", "coach_coalesce_ms": 5.0, "coach_save_interval": 0.2,
     "coach_lease": 1.0, "coach_stall_timeout": 2.0, "coach_connect_timeout": 0.5,
-    "coach_shutdown_grace": 5.0,
 }
 """Short intervals so saves, leases and stalls happen within a test."""
 

@@ -12,7 +12,7 @@ import pytest
 from hub.broker.base import Broker
 from tests.harness import Recorder, RunningHub, start_hub, test_settings
 
-pytest_plugins = ["tests.db_fixtures", "tests.raw", "tests.web_fixtures"]
+pytest_plugins = ["tests.db_fixtures", "tests.raw", "tests.web_fixtures", "tests.coach_helpers"]
 
 ConnectClient = Callable[..., Awaitable[tuple[centrifuge.Client, Recorder]]]
 

@@ -50,7 +50,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Self
 
 DEFAULT_TEXT = (
     "Good session. Your squat volume is up on last week; keep the last set at RPE 8 and rest "
@@ -179,7 +179,7 @@ class LLMServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def __aenter__(self) -> LLMServer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

@@ -1,0 +1,395 @@
+"""AI coach benchmark: many answers streaming at once, each watched by several subscribers.
+
+A scripted OpenAI-compatible server (tests/llm_server.py, its own process on the load core)
+streams every answer at `--rate` tokens per second; `--answers` athletes ask at once, each
+watched by `--watchers` connections on its `coach:` channel (raw WebSocket clients speaking
+the Centrifuge JSON protocol, bench/wsclient.py), for `--rounds` rounds. Beside it one device
+publishes set events into a live session and times each acknowledgement. The hub runs pinned
+to core 0, everything else to core 1. It runs once per coalescing window in `--windows`
+(`0`: one publication per model chunk).
+
+Reported per window:
+- added latency: from the moment the model server wrote a token to the moment a subscriber
+  read the delta holding it (p50 / p99 / max, and p99 beyond the window);
+- publications per answer (deltas), tokens per answer, and the most deltas of one answer a
+  subscriber first read within any one window (1: at most one publication per window; the
+  hub spaces them by the window, a reader that falls behind reads two in one go);
+- hub CPU per answer (ms of core time) and the hub core's load;
+- the live session's acknowledgement latency during the coach load and, first, alone.
+
+    .venv/bin/python bench/coach.py --json coach.json
+    .venv/bin/python bench/coach.py --answers 10 --rounds 1 --tokens 100   # a short run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+import uvloop
+from fanout import LOAD_CORE, SERVER_CORE, prepare_process, wait_quiet
+from procstat import CpuWindow, process_tree
+from servers import REPO_ROOT, ServerProcess, free_port, pinned, start_hub, wait_healthy
+from wsclient import WebSocketClient, open_websocket
+
+from hub import auth
+
+sys.path.insert(0, str(REPO_ROOT))  # the scripted model server lives with the tests
+from tests.llm_server import tokens_of
+
+HUB_PATH = "/connection/websocket"
+PING = b"{}"
+LIVE_EVENTS_PER_SECOND = 20
+
+
+# -- the scripted model server -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_model(rate: float, tokens: int) -> Iterator[tuple[str, str]]:
+    """tests/llm_server.py on the load core; yields (its base URL, the answer it streams)."""
+    text = " ".join(f"w{i % 100}" for i in range(tokens))
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    command = [sys.executable, "-m", "tests.llm_server", "--port", str(port), "--text", text,
+               "--tokens-per-second", str(rate)]
+    process = subprocess.Popen(pinned(command, LOAD_CORE), cwd=REPO_ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/_requests", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("the scripted model server did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", text
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+# -- clients -------------------------------------------------------------------------------------
+
+
+class Connection:
+    """One raw Centrifuge JSON connection: commands with futures, pushes to a callback."""
+
+    def __init__(self, on_pub: Any = None) -> None:
+        self.client: WebSocketClient | None = None
+        self._next_id = 0
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._on_pub = on_pub
+
+    async def open(self, port: int, token: str) -> None:
+        self.client = await open_websocket("127.0.0.1", port, HUB_PATH, self._on_message)
+        await self.command("connect", {"token": token, "name": "bench"})
+
+    def command(self, kind: str, body: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        assert self.client is not None
+        self._next_id += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[self._next_id] = future
+        self.client.send_text(orjson.dumps({"id": self._next_id, kind: body}))
+        return future
+
+    def _on_message(self, message: bytes, now_ns: int) -> None:
+        for line in message.split(b"\n"):
+            line = line.strip()
+            if line == PING:
+                assert self.client is not None
+                self.client.send_text(PING)
+            elif line:
+                reply = orjson.loads(line)
+                future = self._waiting.pop(reply.get("id", 0), None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
+                elif "push" in reply and "pub" in reply["push"] and self._on_pub is not None:
+                    self._on_pub(reply["push"]["pub"]["data"], now_ns)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+@dataclass
+class Received:
+    """What the watchers of all answers read: per reply id, (index, text, read time ns)."""
+
+    deltas: dict[str, list[tuple[int, str, int]]] = field(default_factory=dict)
+    finished: dict[str, int] = field(default_factory=dict)
+    """Terminal publications read, per reply id (one per watcher)."""
+
+    def on_pub(self, data: dict[str, Any], now_ns: int) -> None:
+        kind = data.get("type")
+        if kind == "delta":
+            self.deltas.setdefault(data["reply_id"], []).append(
+                (data["index"], data["text"], now_ns))
+        elif kind in ("done", "error", "cancelled"):
+            self.finished[data["reply_id"]] = self.finished.get(data["reply_id"], 0) + 1
+
+
+def ok(reply: dict[str, Any]) -> dict[str, Any]:
+    if "error" in reply:
+        raise RuntimeError(f"hub replied {reply['error']}")
+    return reply
+
+
+class LiveDevice:
+    """A device streaming set events into its live session, timing each acknowledgement."""
+
+    def __init__(self) -> None:
+        self.connection = Connection()
+        self.session = ""
+        self.acks_ms: list[float] = []
+        self._seq = 0
+
+    async def open(self, server: ServerProcess) -> None:
+        token = auth.mint(server.jwt_secret, "live-athlete", "device", device="live-watch")
+        await self.connection.open(server.port, token)
+        started = ok(await self.connection.command(
+            "rpc", {"method": "session.start", "data": {"title": "bench"}}))
+        self.session = started["rpc"]["data"]["session_id"]
+
+    async def stream(self, stop: asyncio.Event) -> None:
+        interval = 1 / LIVE_EVENTS_PER_SECOND
+        while not stop.is_set():
+            self._seq += 1
+            event = {"type": "set", "event_id": f"e{self._seq}", "exercise": "squat",
+                     "reps": 5, "weight_kg": 100}
+            sent = time.perf_counter()
+            ok(await self.connection.command(
+                "publish", {"channel": f"session:{self.session}", "data": event}))
+            self.acks_ms.append((time.perf_counter() - sent) * 1000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+
+# -- one window setting --------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def bench_window(args: argparse.Namespace, window_ms: float) -> dict[str, Any]:
+    with running_model(args.rate, args.tokens) as (model_url, answer_text):
+        settings = {
+            "HUB_COACH_API_KEY": "bench", "HUB_COACH_BASE_URL": f"{model_url}/v1",
+            "HUB_COACH_COALESCE_MS": str(window_ms), "HUB_COACH_ASKS_PER_MINUTE": "100000",
+            "HUB_COACH_MAX_TOKENS": str(args.tokens + 10),
+        }
+        server = start_hub(SERVER_CORE, None, settings)
+        try:
+            wait_healthy(server)
+            return await measure(args, server, model_url, answer_text, window_ms)
+        except BaseException:
+            print(f"hub log, last lines:\n{server.log_tail()}", file=sys.stderr)
+            raise
+        finally:
+            server.stop()
+
+
+async def measure(args: argparse.Namespace, server: ServerProcess, model_url: str,
+                  answer_text: str, window_ms: float) -> dict[str, Any]:
+    received = Received()
+    athletes = [f"athlete-{n}" for n in range(args.answers)]
+    watchers: dict[str, list[Connection]] = {}
+    for athlete in athletes:
+        token = auth.mint(server.jwt_secret, athlete, "athlete")
+        watchers[athlete] = []
+        for _ in range(args.watchers):
+            connection = Connection(received.on_pub)
+            await connection.open(server.port, token)
+            ok(await connection.command("subscribe", {"channel": f"coach:{athlete}"}))
+            watchers[athlete].append(connection)
+    live = LiveDevice()
+    await live.open(server)
+
+    stop = asyncio.Event()
+    streaming = asyncio.create_task(live.stream(stop))
+    await asyncio.sleep(args.quiet_seconds)
+    alone = list(live.acks_ms)
+
+    mono_minus_wall_ns = time.monotonic_ns() - time.time_ns()
+    cpu = CpuWindow({"hub": process_tree(server.pid)})
+    cpu.start()
+    started = time.monotonic()
+    asked: dict[str, str] = {}
+    for round_no in range(args.rounds):
+        replies = await asyncio.gather(*(
+            watchers[a][0].command("rpc", {"method": "coach.ask", "data": {
+                "text": f"bench question {a} round {round_no}"}}) for a in athletes))
+        for athlete, reply in zip(athletes, replies, strict=True):
+            asked[ok(reply)["rpc"]["data"]["reply_id"]] = athlete
+        deadline = time.monotonic() + args.tokens / args.rate * 4 + 30
+        while any(received.finished.get(r, 0) < args.watchers for r in asked):
+            if time.monotonic() > deadline:
+                raise RuntimeError("answers did not finish")
+            await asyncio.sleep(0.05)
+    wall = time.monotonic() - started
+    busy = cpu.stop()
+    during = live.acks_ms[len(alone):]
+    stop.set()
+    await streaming
+    for connections in watchers.values():
+        for connection in connections:
+            connection.close()
+    live.connection.close()
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        requests = (await http.get(f"{model_url}/_requests")).json()
+    return report(args, window_ms, received, asked, requests, answer_text, mono_minus_wall_ns,
+                  busy, wall, alone, during)
+
+
+def report(args: argparse.Namespace, window_ms: float, received: Received,
+           asked: dict[str, str], requests: list[dict[str, Any]], answer_text: str,
+           mono_minus_wall_ns: int, busy: dict[str, float], wall: float,
+           alone: list[float], during: list[float]) -> dict[str, Any]:
+    """Token latencies: each token's write time at the model server against the read time of
+    the delta that carried it, for every watcher."""
+    by_question = {r["body"]["messages"][-1]["content"]: r for r in requests}
+    ends = []
+    position = 0
+    for token in tokens_of(answer_text):
+        position += len(token)
+        ends.append(position)
+    latencies: list[float] = []
+    per_answer: list[int] = []
+    crowded = 0
+    window_ns = window_ms * 1e6
+    for reply_id, athlete in asked.items():
+        seen = sorted(received.deltas.get(reply_id, []), key=lambda d: (d[0], d[2]))
+        request = _request_for(by_question, athlete, reply_id, asked)
+        if request is None:
+            continue
+        sent_ns = [t * 1e9 for t in request["token_times"]]
+        # One copy per watcher: group by index, each index read `watchers` times.
+        offsets: dict[int, int] = {}
+        chars = 0
+        for index, text, _ in seen:
+            if index not in offsets:
+                offsets[index] = chars
+                chars += len(text)
+        for index, text, read_ns in seen:
+            start, end = offsets[index], offsets[index] + len(text)
+            read_mono = read_ns + mono_minus_wall_ns
+            for token_no, token_end in enumerate(ends):
+                if start < token_end <= end and token_no < len(sent_ns):
+                    latencies.append((read_mono - sent_ns[token_no]) / 1e6)
+        per_answer.append(len(offsets))
+        first_read: dict[int, int] = {}
+        for index, _, read_ns in seen:
+            first_read[index] = min(read_ns, first_read.get(index, read_ns))
+        firsts = sorted(first_read.values())
+        if window_ns:
+            for i in range(len(firsts)):
+                j = i
+                while j + 1 < len(firsts) and firsts[j + 1] - firsts[i] < window_ns:
+                    j += 1
+                crowded = max(crowded, j - i + 1)
+    answers = len(asked)
+    hub_cpu_s = busy.get("cpu_hub", 0.0) / 100 * wall
+    p99 = percentile(latencies, 0.99)
+    return {
+        "window_ms": window_ms,
+        "answers": answers,
+        "watchers_per_answer": args.watchers,
+        "tokens_per_answer": len(ends),
+        "latency_ms": {"p50": round(percentile(latencies, 0.5), 2), "p99": round(p99, 2),
+                       "max": round(max(latencies, default=float("nan")), 2),
+                       "p99_beyond_window": round(p99 - window_ms, 2),
+                       "tokens_measured": len(latencies)},
+        "publications_per_answer": round(statistics.mean(per_answer), 1) if per_answer else 0,
+        "most_deltas_within_one_window": crowded if window_ns else None,
+        "hub_cpu_ms_per_answer": round(1000 * hub_cpu_s / answers, 1),
+        "hub_core_busy_percent": busy.get(f"core{SERVER_CORE}"),
+        "load_core_busy_percent": busy.get(f"core{LOAD_CORE}"),
+        "seconds": round(wall, 2),
+        "live_ack_ms_alone": {"p50": round(percentile(alone, 0.5), 2),
+                              "p99": round(percentile(alone, 0.99), 2), "acks": len(alone)},
+        "live_ack_ms_during": {"p50": round(percentile(during, 0.5), 2),
+                               "p99": round(percentile(during, 0.99), 2), "acks": len(during)},
+    }
+
+
+def _request_for(by_question: dict[str, dict[str, Any]], athlete: str, reply_id: str,
+                 asked: dict[str, str]) -> dict[str, Any] | None:
+    """The model request of this answer: the athlete's question of the same round."""
+    rounds = [r for r, a in asked.items() if a == athlete]
+    round_no = rounds.index(reply_id)
+    return by_question.get(f"bench question {athlete} round {round_no}")
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    rows = [("| window | tokens/answer | deltas/answer | most per window | added p50 / p99 / max"
+             " ms | p99 beyond window | hub CPU/answer | live ack p50/p99 alone | during |"),
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lat, alone, during = r["latency_ms"], r["live_ack_ms_alone"], r["live_ack_ms_during"]
+        rows.append(
+            f"| {r['window_ms']:g} ms | {r['tokens_per_answer']} | "
+            f"{r['publications_per_answer']} | {r['most_deltas_within_one_window'] or '-'} | "
+            f"{lat['p50']} / {lat['p99']} / {lat['max']} | {lat['p99_beyond_window']} | "
+            f"{r['hub_cpu_ms_per_answer']} ms | {alone['p50']} / {alone['p99']} ms | "
+            f"{during['p50']} / {during['p99']} ms |")
+    return "\n".join(rows)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--answers", type=int, default=50, help="concurrent answers")
+    parser.add_argument("--watchers", type=int, default=3, help="subscribers per answer")
+    parser.add_argument("--rate", type=float, default=200.0, help="tokens/s of each answer")
+    parser.add_argument("--tokens", type=int, default=400, help="tokens per answer")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--windows", default="10,0",
+                        help="coalescing windows in ms, comma-separated (0: none)")
+    parser.add_argument("--quiet-seconds", type=float, default=3.0,
+                        help="live session alone before the coach load")
+    parser.add_argument("--quiet-wait-seconds", type=float, default=20.0,
+                        help="wait up to this long for idle cores first")
+    parser.add_argument("--json", help="write the results here")
+    return parser.parse_args(argv)
+
+
+async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    for window in (float(w) for w in args.windows.split(",")):
+        await wait_quiet(args.quiet_wait_seconds)
+        results.append(await bench_window(args, window))
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    prepare_process()
+    results = uvloop.run(run_all(args))
+    print(render(results))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"args": vars(args), "results": results}, out, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""The coach benchmark runs end to end on a small load and reports every figure it promises.
+Nothing here reads a speed: that is the benchmark's job, not the suite's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_coach_bench_streams_every_answer_to_every_watcher_and_reports(
+        tmp_path: Path) -> None:
+    report = tmp_path / "coach.json"
+    done = subprocess.run(
+        [sys.executable, "bench/coach.py", "--answers", "3", "--watchers", "2", "--tokens", "30",
+         "--rounds", "1", "--windows", "10,0", "--quiet-seconds", "0.3",
+         "--quiet-wait-seconds", "0", "--json", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    coalesced, each_chunk = json.loads(report.read_text())["results"]
+    for result in (coalesced, each_chunk):
+        assert result["answers"] == 3 and result["tokens_per_answer"] == 30
+        assert result["latency_ms"]["tokens_measured"] == 3 * 2 * 30
+        assert result["live_ack_ms_during"]["acks"] > 0
+        assert result["hub_cpu_ms_per_answer"] > 0
+    assert each_chunk["publications_per_answer"] == 30
+    assert coalesced["publications_per_answer"] <= 30
+    assert coalesced["most_deltas_within_one_window"] >= 1  # read times: a busy reader bunches
+    assert "| 10 ms | 30 |" in done.stdout
