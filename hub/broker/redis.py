@@ -11,7 +11,8 @@ What lives in Redis, per channel (hub/broker/redis_codec.py names the keys):
 A publication costs one script call (hub/broker/lua/publish.lua) that assigns the offset,
 appends to history, refreshes the TTLs and PUBLISHes the publication with its offset and
 epoch, atomically: exactly one Redis PUBLISH per publication, however many nodes and
-subscribers. Calls from all callers are pipelined per shard (hub/broker/redis_commands.py).
+subscribers. Calls from all callers are pipelined per shard (hub/broker/redis_commands.py),
+presence apart from the rest.
 Each node holds one pub/sub connection per shard (hub/broker/redis_pubsub.py) on which it is
 subscribed to the channels it has local subscribers on; join, leave and publications share that
 subscription, control messages have a channel of their own (on the first shard; on a cluster,
@@ -29,6 +30,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import redis.asyncio as aioredis
 
 from hub.broker.base import (
     Broker,
@@ -81,9 +84,24 @@ def _ms(seconds: float) -> int:
 
 @dataclass(slots=True)
 class _Shard:
+    """One Redis server: its command pipelines and the node's pub/sub connection to it.
+
+    Presence has a pipeline of its own, so a node refreshing thousands of entries in one batch
+    never holds up publications behind it; streams (publish, history, join, leave, control)
+    share the other, which keeps them in the order they were issued.
+    """
+
     url: str
+    client: aioredis.Redis
     commands: CommandPipeline
+    presence: CommandPipeline
     pubsub: PubSubReader
+
+    async def close(self) -> None:
+        await self.pubsub.close()
+        await self.commands.close()
+        await self.presence.close()
+        await self.client.aclose()
 
 
 class RedisBroker(Broker):
@@ -134,9 +152,12 @@ class RedisBroker(Broker):
                 self._layout = await discover_cluster(self._urls, self._timeout)
                 self._control_shard = self._layout.shard_of(self._keys.control)
             for url in self._layout.urls:
+                client = connect(url, self._timeout)
                 shard = _Shard(
                     url,
-                    CommandPipeline(connect(url, self._timeout)),
+                    client,
+                    CommandPipeline(client),
+                    CommandPipeline(client),
                     PubSubReader(
                         url,
                         sharded=self._cluster,
@@ -158,8 +179,7 @@ class RedisBroker(Broker):
         self._subscribed.clear()
         shards, self._shards = self._shards, []
         for shard in shards:
-            await shard.pubsub.close()
-            await shard.commands.close()
+            await shard.close()
 
     async def subscribe(self, channel: str) -> None:
         keys = self._keys.channel(channel)
@@ -253,7 +273,7 @@ class RedisBroker(Broker):
         self, channel: str, client_id: str, info: ClientInfo, ttl: float
     ) -> None:
         keys = self._keys.channel(channel)
-        await self._call(keys, self._presence_add(keys, client_id, info, ttl))
+        await self._shard(keys).presence.call(self._presence_add(keys, client_id, info, ttl))
 
     async def refresh_presence(self, entries: Iterable[PresenceEntry], ttl: float) -> None:
         """One pipeline per shard, whatever the number of entries."""
@@ -262,19 +282,19 @@ class RedisBroker(Broker):
         for channel, client_id, info in entries:
             keys = self._keys.channel(channel)
             command = self._presence_add(keys, client_id, info, ttl)
-            answers.append(shards[self._layout.shard_of(keys.tag)].commands.submit(command))
+            answers.append(shards[self._layout.shard_of(keys.tag)].presence.submit(command))
         await asyncio.gather(*answers)
 
     async def remove_presence(self, channel: str, client_id: str) -> None:
         keys = self._keys.channel(channel)
-        await self._call(
-            keys, PRESENCE_REMOVE.call((keys.presence_set, keys.presence_hash), (client_id,))
+        await self._shard(keys).presence.call(
+            PRESENCE_REMOVE.call((keys.presence_set, keys.presence_hash), (client_id,))
         )
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         keys = self._keys.channel(channel)
-        flat = await self._call(
-            keys, PRESENCE_GET.call((keys.presence_set, keys.presence_hash), ())
+        flat = await self._shard(keys).presence.call(
+            PRESENCE_GET.call((keys.presence_set, keys.presence_hash), ())
         )
         return {flat[i].decode(): decode_info(flat[i + 1]) for i in range(0, len(flat), 2)}
 

@@ -1,9 +1,9 @@
 """One Redis server's command side: its Lua scripts and a pipeline that batches every caller.
 
-Every command for a shard goes through `CommandPipeline.call`. Commands issued while a batch
-is on the wire wait for it and then go together as the next one, so N concurrent publishes cost
-a handful of round trips rather than N, and a caller alone still pays only one. One batch is in
-flight at a time, so commands reach Redis in the order they were issued.
+Commands go through a `CommandPipeline`. Commands issued while a batch is on the wire wait
+for it and then go together as the next one, so N concurrent publishes cost a handful of round
+trips rather than N, and a caller alone still pays only one. One batch is in flight at a time,
+so commands reach Redis in the order they were issued.
 
 Scripts are called by SHA. Redis forgets scripts when it restarts or on SCRIPT FLUSH: a command
 answered NOSCRIPT is sent again after loading the scripts, transparently to its caller.
@@ -121,6 +121,7 @@ class CommandPipeline:
         return future
 
     async def close(self) -> None:
+        """Fail what is still queued; the client is its owner's to close."""
         self._closed = True
         if self._sender is not None:
             self._sender.cancel()
@@ -130,7 +131,6 @@ class CommandPipeline:
                 pass
         self._fail(self._queue, BrokerUnavailable("Redis broker is closed"))
         self._queue = []
-        await self.client.aclose()
 
     async def _send_batches(self) -> None:
         try:

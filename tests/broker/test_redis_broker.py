@@ -184,6 +184,22 @@ async def test_refreshing_presence_of_many_clients_is_one_pipeline(
     assert await broker.presence_stats(channel) == (300, 300)
 
 
+async def test_a_large_presence_refresh_does_not_hold_up_publications(
+    start_node: StartNode, channel: str
+) -> None:
+    broker, _ = await start_node()
+    entries = [(channel, f"c-{n}", ClientInfo(f"user-{n}", f"c-{n}")) for n in range(20000)]
+    refreshing = asyncio.create_task(broker.refresh_presence(entries, ttl=60.0))
+    for _ in range(5):  # the refresh batch is packed and on the wire
+        await asyncio.sleep(0)
+
+    await broker.publish(channel, b"{}", history=HISTORY)
+
+    assert not refreshing.done()
+    await refreshing
+    assert await broker.presence_stats(channel) == (20000, 20000)
+
+
 async def test_join_leave_control_and_publications_reach_every_node(
     start_node: StartNode, channel: str
 ) -> None:
@@ -279,6 +295,20 @@ async def test_redis_killed_and_restarted_resubscribes_and_delivers_again(
     assert position.offset == 1  # Redis restarted empty: a new stream
     await broker.publish(other, b'{"t":1}')
     await eventually(lambda: node.data_in(other) == [b'{"t":1}'])
+
+
+async def test_a_lost_pubsub_connection_alone_is_reconnected_and_reported(
+    private_redis: RedisServer, start_node: StartNode, channel: str
+) -> None:
+    broker, node = await start_node()
+    await broker.subscribe(channel)
+    with private_redis.client() as client:
+        client.client_kill_filter(_type="pubsub")
+
+    await eventually(lambda: node.resubscribed == [[channel]])
+    await eventually_succeeds(broker.ping)
+    await broker.publish(channel, b'{"n":1}', history=HISTORY)
+    await eventually(lambda: node.data_in(channel) == [b'{"n":1}'])
 
 
 async def test_calls_fail_promptly_when_redis_is_unreachable(
