@@ -42,6 +42,13 @@ QUIET_LOGGERS = {"alembic": logging.WARNING}
 """Libraries whose INFO lines say nothing an operator needs (alembic announces each of its
 plugins and each migration step; the hub logs one line with the schema's revision instead)."""
 
+_STANDARD_ATTRS = (
+    "args", "asctime", "created", "exc_info", "exc_text", "filename", "funcName", "levelname",
+    "levelno", "lineno", "module", "msecs", "message", "msg", "name", "pathname", "process",
+    "processName", "relativeCreated", "stack_info", "thread", "threadName", "taskName",
+)
+"""LogRecord's own attributes: not copied into a JSON line as extra fields."""
+
 _command: ContextVar[tuple[str, str, str | None] | None] = ContextVar(
     "fitsync_command", default=None
 )
@@ -93,14 +100,6 @@ def formatter(log_format: str) -> logging.Formatter:
             reserved_attrs=[*_STANDARD_ATTRS, "color_message", "context"],
         )
     return logging.Formatter(TEXT_FORMAT)
-
-
-_STANDARD_ATTRS = (
-    "args", "asctime", "created", "exc_info", "exc_text", "filename", "funcName", "levelname",
-    "levelno", "lineno", "module", "msecs", "message", "msg", "name", "pathname", "process",
-    "processName", "relativeCreated", "stack_info", "thread", "threadName", "taskName",
-)
-"""LogRecord's own attributes: not copied into a JSON line as extra fields."""
 
 
 def configure(
