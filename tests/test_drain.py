@@ -221,6 +221,21 @@ async def test_shutdown_disconnects_are_spread_over_the_drain_window(
     assert await hub.exited() == -signal.SIGTERM, hub.output()
 
 
+async def test_ctrl_c_drains_too_and_a_second_ctrl_c_skips_the_rest(
+        start_hub_process: StartHub) -> None:
+    hub = await start_hub_process(drain_refuse_delay=0, drain_seconds=120, shutdown_timeout=180)
+    clients = [await connected_client(hub, f"user{i}") for i in range(6)]
+    closes = [asyncio.get_running_loop().create_task(c.close_code(timeout=60)) for c in clients]
+    hub.process.send_signal(signal.SIGINT)
+    # The first close of a two-minute window, then a second Ctrl-C: the rest come at once.
+    _, waiting = await asyncio.wait(closes, return_when=asyncio.FIRST_COMPLETED)
+    hub.process.send_signal(signal.SIGINT)
+    _, late = await asyncio.wait(waiting, timeout=30)
+    assert not late, "a second Ctrl-C left clients to their turns in the window"
+    assert [task.result() for task in closes] == [SHUTDOWN] * len(clients)
+    await hub.exited(timeout=30)
+
+
 async def lock_session_events(url: str) -> asyncpg.Connection:
     """Hold a lock that makes every insert into session_events wait: a stalled database."""
     conn = await asyncpg.connect(url)
