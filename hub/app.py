@@ -62,9 +62,11 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         node = Node(settings, broker or make_broker(settings), app_impl)
         time_broker_calls(node.broker, node.metrics)
+        drain = DrainState()
+        node.metrics.draining.set_function(lambda: float(drain.draining))  # read at each scrape
         await node.start()
         try:
-            yield {"node": node, "drain": DrainState(), "origins": OriginPolicy(
+            yield {"node": node, "drain": drain, "origins": OriginPolicy(
                 settings.allowed_origins, allow_localhost=settings.dev_mode)}
         finally:
             await node.close()

@@ -4,7 +4,10 @@ over HTTP as Prometheus reads them."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,8 +18,9 @@ from hub import __version__
 from hub.loop_histogram import LoopHistogram
 from tests.app_helpers import a_set, connection_switch, reply_error, start_session
 from tests.db_fixtures import create_postgres_database, drop_postgres_database
-from tests.harness import RunningHub
+from tests.harness import SECRET, RunningHub
 from tests.raw import MakeHub, OpenRaw, OpenSdk
+from tests.serve_process import serve
 
 Scraped = dict[tuple[str, frozenset[tuple[str, str]]], float]
 """A scrape's samples by name and labels."""
@@ -137,3 +141,25 @@ def test_a_loop_histogram_counts_each_observation_in_its_bucket_bounds_included(
     assert samples == {("t_seconds_bucket", "0.1"): 2, ("t_seconds_bucket", "1.0"): 4,
                        ("t_seconds_bucket", "+Inf"): 5, ("t_seconds_count", None): 5,
                        ("t_seconds_sum", None): 4.65}
+
+
+def test_a_node_reports_draining_from_the_signal_until_it_exits(tmp_path: Path) -> None:
+    hub = serve({"HUB_JWT_SECRET": SECRET, "HUB_DATABASE_URL": f"sqlite:///{tmp_path / 'hub.db'}",
+                 "HUB_DRAIN_REFUSE_DELAY": "5", "HUB_DRAIN_SECONDS": "0.5",
+                 "HUB_SHUTDOWN_TIMEOUT": "8"}, tmp_path / "hub.log")
+    try:
+        def draining() -> float:
+            text = httpx.get(f"{hub.http_url}/metrics", timeout=5).text
+            [sample] = [s for family in text_string_to_metric_families(text)
+                        for s in family.samples if s.name == "fitsync_draining"]
+            return sample.value
+
+        assert draining() == 0
+        hub.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 4  # within HUB_DRAIN_REFUSE_DELAY: still listening
+        while draining() != 1:
+            assert time.monotonic() < deadline, "fitsync_draining did not turn 1"
+            time.sleep(0.05)
+        assert httpx.get(f"{hub.http_url}/readyz", timeout=5).status_code == 503
+    finally:
+        hub.stop()
