@@ -133,3 +133,18 @@ def test_a_wildcard_stands_for_any_run_of_characters_and_nothing_else_is_special
     assert not policy.allows("http://[::2]:3000")
     assert not policy.allows("https://ab.example")  # `?` is a plain character
     assert not policy.allows("http://[::1")  # malformed, and not listed
+
+
+async def test_two_origin_headers_are_refused(make_hub: MakeHub) -> None:
+    hub = await make_hub(allowed_origins=FITSYNC)
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.settings.port)
+    try:
+        writer.write((
+            f"GET /connection/websocket HTTP/1.1\r\nHost: 127.0.0.1:{hub.settings.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nOrigin: https://app.fitsync.app\r\n"
+            "Origin: https://evil.example\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        assert status_line.split()[1] == b"403", status_line
+    finally:
+        writer.close()
