@@ -122,7 +122,7 @@ class SqliteBatches:
         result = await conn.execute(self._insert_events, rows)
         inserted = {(r.user_id, r.event_id): r.id for r in result}
 
-        samples = []
+        samples: list[dict[str, Any]] = []
         for i in batch.candidates:
             event = events[i]
             pk = inserted.get((event.user_id, event.event_id))
