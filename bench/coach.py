@@ -18,6 +18,7 @@ Reported per window:
 - the live session's acknowledgement latency during the coach load and, first, alone.
 
     .venv/bin/python bench/coach.py --json coach.json
+    .venv/bin/python bench/coach.py --postgres postgresql://postgres@127.0.0.1:5432/postgres
     .venv/bin/python bench/coach.py --answers 10 --rounds 1 --tokens 100   # a short run
 """
 
@@ -40,6 +41,7 @@ import httpx
 import orjson
 import uvloop
 from fanout import LOAD_CORE, SERVER_CORE, prepare_process, wait_quiet
+from ingest import fresh_database
 from procstat import CpuWindow, process_tree
 from servers import REPO_ROOT, ServerProcess, free_port, pinned, start_hub, wait_healthy
 from wsclient import WebSocketClient, open_websocket
@@ -190,13 +192,21 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def bench_window(args: argparse.Namespace, window_ms: float) -> dict[str, Any]:
+    if not args.postgres:
+        return await bench_window_on(args, window_ms, None)
+    async with fresh_database(args.postgres, "coach") as url:
+        return await bench_window_on(args, window_ms, url)
+
+
+async def bench_window_on(args: argparse.Namespace, window_ms: float,
+                          database_url: str | None) -> dict[str, Any]:
     with running_model(args.rate, args.tokens) as (model_url, answer_text):
         settings = {
             "HUB_COACH_API_KEY": "bench", "HUB_COACH_BASE_URL": f"{model_url}/v1",
             "HUB_COACH_COALESCE_MS": str(window_ms), "HUB_COACH_ASKS_PER_MINUTE": "100000",
             "HUB_COACH_MAX_TOKENS": str(args.tokens + 10),
         }
-        server = start_hub(SERVER_CORE, None, settings)
+        server = start_hub(SERVER_CORE, database_url, settings)
         try:
             wait_healthy(server)
             return await measure(args, server, model_url, answer_text, window_ms)
@@ -367,6 +377,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="live session alone before the coach load")
     parser.add_argument("--quiet-wait-seconds", type=float, default=20.0,
                         help="wait up to this long for idle cores first")
+    parser.add_argument("--postgres", help="admin URL of a PostgreSQL server: the hub stores "
+                        "into a fresh database there (default: SQLite in a temporary directory)")
     parser.add_argument("--json", help="write the results here")
     return parser.parse_args(argv)
 

@@ -6,6 +6,12 @@ overtake one another. Two child tasks help it: the reader (the model's stream â†
 the saver (the text so far â†’ the database every `HUB_COACH_SAVE_INTERVAL`, which also renews
 the answer's lease, see `models.coach_queries`).
 
+The stream is read through the `openai` client's raw streaming response (`with_streaming_response`:
+the client still makes the request, authenticates, applies the timeouts and raises its typed
+errors for 401, 429, 5xx), and each `data:` line is parsed with orjson: the client's own chunk
+objects cost about 90 us of CPU per chunk here against about 10, and 50 answers at 200 tokens
+a second are 10,000 chunks a second.
+
 Coalescing: the first piece of text to arrive opens a window of `HUB_COACH_COALESCE_MS`; what
 arrives within it goes out as one `delta`. A fast model therefore costs one publication per
 window, and a slow one (a token now and then) gets each token out after at most one window.
@@ -104,12 +110,50 @@ def failure_of(exc: BaseException, *, started: bool, stall_timeout: float) -> Fa
                       retryable=True)
     if isinstance(exc, openai.APITimeoutError):
         return Failed("the model API did not answer in time", retryable=True)
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, ModelStreamError):
+        return Failed(str(exc), retryable=True)
+    if isinstance(exc, openai.APIConnectionError) or _is_transport_error(exc):
+        if "Timeout" in type(exc).__name__:
+            return Failed("the model API did not answer in time", retryable=True)
         if started:
             return Failed("the model's stream broke off", retryable=True)
         return Failed("could not reach the model API", retryable=True)
     log.error("coach answer failed", exc_info=exc)
     return Failed("internal error", retryable=True)
+
+
+class ModelStreamError(Exception):
+    """The model's stream said it failed (an `error` event) or sent what is not a chunk."""
+
+
+_DONE: dict[str, Any] = {}
+
+
+def _chunk_of(line: str) -> dict[str, Any] | None:
+    """One server-sent-events line of a chat completion stream: its chunk, `_DONE` at
+    `data: [DONE]`, or None for what carries no data (blank lines, comments, `event:`)."""
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return _DONE
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ModelStreamError("the model API sent a malformed chunk") from None
+    if not isinstance(chunk, dict):
+        raise ModelStreamError("the model API sent a malformed chunk")
+    if chunk.get("error"):
+        error = chunk["error"]
+        message = error.get("message") if isinstance(error, dict) else None
+        raise ModelStreamError(f"the model API failed mid-answer: {message or error}"[:200])
+    return chunk
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """Errors of the HTTP stack under `openai` (httpx, or httpx2 in openai 3), which reach us
+    unwrapped once a stream is being read."""
+    return type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2")
 
 
 def _retry_after(raw: str | None) -> float | None:
@@ -270,25 +314,28 @@ class Answer:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(settings.coach_stall_timeout) as stall:
-                stream = await client.chat.completions.create(
+                async with client.chat.completions.with_streaming_response.create(
                     model=settings.coach_model,
                     messages=cast("list[ChatCompletionMessageParam]", messages),
                     max_tokens=settings.coach_max_tokens, stream=True,
                     stream_options={"include_usage": True},
-                )
-                try:
-                    async for chunk in stream:
+                ) as response:
+                    async for line in response.iter_lines():
                         stall.reschedule(loop.time() + settings.coach_stall_timeout)
-                        if chunk.usage is not None:
-                            self._usage = chunk.usage.model_dump(exclude_none=True)
-                        for choice in chunk.choices:
-                            if choice.delta.content:
+                        chunk = _chunk_of(line)
+                        if chunk is None:
+                            continue
+                        if chunk is _DONE:
+                            break
+                        if chunk.get("usage"):
+                            self._usage = chunk["usage"]
+                        for choice in chunk.get("choices") or ():
+                            content = (choice.get("delta") or {}).get("content")
+                            if content:
                                 started = True
-                                self._queue.put_nowait(choice.delta.content)
-                            if choice.finish_reason:
-                                self._finish_reason = choice.finish_reason
-                finally:
-                    await stream.close()
+                                self._queue.put_nowait(content)
+                            if choice.get("finish_reason"):
+                                self._finish_reason = choice["finish_reason"]
         except asyncio.CancelledError:
             self._queue.put_nowait(self._why_stopped())
             raise

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import text as sql_text
 
 from models.db import Database
 from models.queries import COACH_STATUSES, iso
@@ -107,7 +108,10 @@ async def begin_ask(
                   "deltas": 0}
         inserted = (await conn.execute(
             db.insert(cm).values(answer).on_conflict_do_nothing(
-                index_elements=[cm.c.user_id], index_where=cm.c.status == "streaming",
+                # A literal, not a parameter: PostgreSQL must see that the conflict target is
+                # the partial index, and a generic plan (a prepared statement's sixth run on)
+                # knows no parameter values.
+                index_elements=[cm.c.user_id], index_where=sql_text("status = 'streaming'"),
             ).returning(cm.c.id)
         )).first()
         if inserted is None:

@@ -14,8 +14,8 @@ never answers). Which behaviour a request gets, first match wins:
 
 1. the next one queued with `server.script(...)` (or `POST /_script` from another process);
 2. a preset named in the last user message as `[[name]]`, e.g. "how was my squat? [[slow]]"
-   (`PRESETS`: normal, slow, fast, unauthorized, rate_limited, server_error, broken, hang,
-   no_headers);
+   (`PRESETS`: normal, slow, fast, unauthorized, rate_limited, server_error, broken,
+   stream_error, hang, no_headers);
 3. the server's default behaviour.
 
 In a test (same event loop)::
@@ -79,6 +79,9 @@ class Behaviour:
     """Sent as `retry-after` (seconds) with an error status."""
     break_after: int | None = None
     """Cut the connection (no final chunk, no [DONE]) after this many tokens."""
+    error_after: int | None = None
+    """Send an `error` event (as OpenAI does when it fails mid-stream) after this many tokens,
+    then end the stream."""
     hang_after: int | None = None
     """Stop sending after this many tokens, keeping the connection open until the client
     closes it."""
@@ -99,6 +102,8 @@ PRESETS: dict[str, Behaviour] = {
     "rate_limited": Behaviour(status=429, error_message="Rate limit reached", retry_after=20),
     "server_error": Behaviour(status=500, error_message="The server had an error"),
     "broken": Behaviour(tokens_per_second=50, break_after=5),
+    "stream_error": Behaviour(tokens_per_second=50, error_after=5,
+                              error_message="The server had an error while processing"),
     "hang": Behaviour(tokens_per_second=50, hang_after=5),
     "no_headers": Behaviour(header_delay=math.inf),
 }
@@ -292,6 +297,13 @@ class LLMServer:
             for start in range(0, len(tokens), per_chunk):
                 if behaviour.break_after is not None and start >= behaviour.break_after:
                     writer.transport.abort()
+                    return
+                if behaviour.error_after is not None and start >= behaviour.error_after:
+                    await _send_event(writer, {"error": {
+                        "message": behaviour.error_message, "type": "server_error"}})
+                    writer.write(_http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+                    await writer.drain()
+                    record.completed = True
                     return
                 if behaviour.hang_after is not None and start >= behaviour.hang_after:
                     await closed

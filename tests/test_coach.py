@@ -111,6 +111,7 @@ FAILURES = {
     "rate_limited": (PRESETS["rate_limited"], True, "429"),
     "server_error": (PRESETS["server_error"], True, "500"),
     "broken": (PRESETS["broken"], True, "stream broke off"),
+    "error_event": (PRESETS["stream_error"], True, "failed mid-answer"),
     "stalls": (PRESETS["hang"], True, "stopped sending"),
     "never_answers": (PRESETS["no_headers"], True, "did not answer within"),
 }
@@ -133,7 +134,7 @@ async def test_a_failing_model_ends_the_answer_with_a_retryable_error_and_the_hu
     assert reason in error["reason"] and error["text"] == partial
     if name == "rate_limited":
         assert error["retry_after"] == 20 and "retry in 20 s" in error["reason"]
-    if name in ("broken", "stalls"):
+    if name in ("broken", "error_event", "stalls"):
         assert partial == "".join(tokens_of(behaviour.text)[:5])
     answer = (await rpc(ann, "coach.history"))["messages"][-1]
     assert (answer["status"], answer["text"]) == ("failed", partial)

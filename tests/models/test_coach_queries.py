@@ -51,6 +51,14 @@ async def test_racing_asks_of_one_user_let_exactly_one_through(database: Databas
     assert len(await queries.coach_history(database, "ann")) == 2
 
 
+async def test_asks_keep_working_past_the_prepared_statements_generic_plan(
+        database: Database) -> None:
+    for n in range(12):  # PostgreSQL may switch a prepared statement to a generic plan at 6
+        _, answer, _ = await cq.begin_ask(database, "ann", f"q{n}", lease=10, per_minute=50)
+        assert await cq.finish_answer(database, answer["message_id"], "done", text="ok")
+    assert len(await queries.coach_history(database, "ann", limit=100)) == 24
+
+
 async def test_asks_are_counted_over_the_last_minute(database: Database) -> None:
     for n in range(3):
         _, answer, _ = await cq.begin_ask(database, "ann", f"q{n}", lease=10, per_minute=3)
