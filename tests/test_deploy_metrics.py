@@ -47,32 +47,42 @@ def alert_queries() -> list[str]:
 
 def selected_metrics(query: str) -> set[str]:
     """The metric names a PromQL expression selects."""
+    return {name for name, _ in selectors(query)}
+
+
+def selected_labels(query: str) -> set[tuple[str, str]]:
+    """(metric, label) for every label a selector of the expression matches on."""
+    return {(name, label) for name, labels in selectors(query) for label in labels}
+
+
+def selectors(query: str) -> list[tuple[str, tuple[str, ...]]]:
+    """Each vector selector's metric name and the labels it matches on."""
     for variable, value in GRAFANA_INTERVALS.items():
         query = query.replace(variable, value)
-    names: set[str] = set()
-    _walk(promql_parser.parse(query), names)
-    return names
+    found: list[tuple[str, tuple[str, ...]]] = []
+    _walk(promql_parser.parse(query), found)
+    return found
 
 
-def _walk(node: Any, names: set[str]) -> None:
+def _walk(node: Any, found: list[tuple[str, tuple[str, ...]]]) -> None:
     if isinstance(node, promql_parser.VectorSelector):
         assert node.name, f"a selector without a metric name: {node}"
-        names.add(node.name)
+        found.append((node.name, tuple(m.name for m in node.matchers.matchers)))
     elif isinstance(node, promql_parser.MatrixSelector):
-        _walk(node.vector_selector, names)
+        _walk(node.vector_selector, found)
     elif isinstance(node, promql_parser.Call):
         for arg in node.args:
-            _walk(arg, names)
+            _walk(arg, found)
     elif isinstance(node, promql_parser.AggregateExpr):
-        _walk(node.expr, names)
+        _walk(node.expr, found)
         if node.param is not None:
-            _walk(node.param, names)
+            _walk(node.param, found)
     elif isinstance(node, promql_parser.BinaryExpr):
-        _walk(node.lhs, names)
-        _walk(node.rhs, names)
+        _walk(node.lhs, found)
+        _walk(node.rhs, found)
     elif isinstance(node, promql_parser.ParenExpr | promql_parser.UnaryExpr
                     | promql_parser.SubqueryExpr):
-        _walk(node.expr, names)
+        _walk(node.expr, found)
 
 
 def exported_series(exposition: str) -> set[str]:
@@ -85,11 +95,19 @@ def exported_series(exposition: str) -> set[str]:
     return names
 
 
-def test_the_query_parser_finds_every_selected_metric_and_only_those() -> None:
+def exported_labels(exposition: str) -> set[tuple[str, str]]:
+    """(series, label) for every label a sample of the exposition carries."""
+    return {(sample.name, label)
+            for family in text_string_to_metric_families(exposition)
+            for sample in family.samples for label in sample.labels}
+
+
+def test_the_query_parser_finds_every_selected_metric_and_label_and_only_those() -> None:
     query = ('histogram_quantile(0.99, sum by (le) (rate(a_bucket{method="publish"}'
              '[$__rate_interval]))) / on() group_left count(b) > 0'
-             ' and max_over_time(c[5m:1m]) unless -d')
+             ' and max_over_time(c{x!~"y"}[5m:1m]) unless -d')
     assert selected_metrics(query) == {"a_bucket", "b", "c", "d"}
+    assert selected_labels(query) == {("a_bucket", "method"), ("c", "x")}
 
 
 async def test_every_metric_the_dashboard_and_alerts_query_is_exported_by_a_hub(
@@ -106,6 +124,10 @@ async def test_every_metric_the_dashboard_and_alerts_query_is_exported_by_a_hub(
     alerts = set().union(*map(selected_metrics, alert_queries()))
     assert not dashboard - exported, f"the dashboard queries unknown {sorted(dashboard - exported)}"
     assert not alerts - exported, f"the alerts query unknown {sorted(alerts - exported)}"
+    matched = set().union(*map(selected_labels, dashboard_queries() + alert_queries()))
+    ours = {(name, label) for name, label in matched if name not in MADE_BY_PROMETHEUS}
+    unknown = ours - exported_labels(exposition)
+    assert not unknown, f"selectors match on labels the hub does not export: {sorted(unknown)}"
     # What the dashboard is for: connections, deliveries, ack and commit latency, slow-client
     # cuts, broker health, drain state.
     assert {"fitsync_connections", "fitsync_deliveries_total",
