@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -117,7 +117,7 @@ async def live_load(
     where = (parts.hostname or "", parts.port or 80, parts.path)
 
     def device_token(athlete: str, device: str) -> str:
-        return auth.mint(server.jwt_secret, athlete, "device", device=device)
+        return str(auth.mint(server.jwt_secret, athlete, "device", device=device))
 
     watchers: list[Watcher] = []
     async with OpenLoopFleet(
@@ -162,7 +162,7 @@ class RssPeak:
             self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
             await asyncio.sleep(0.5)
 
-    async def __aenter__(self) -> RssPeak:
+    async def __aenter__(self) -> Self:
         self._task = asyncio.get_running_loop().create_task(self._sample())
         return self
 

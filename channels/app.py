@@ -75,7 +75,7 @@ class FitSyncApplication(Application):
             role = "athlete" if who.role == "device" else who.role
             try:
                 await self.users.create(who.user, role)
-            except Exception:  # busy, or whatever the driver raised: the client retries later
+            except Exception:  # noqa: BLE001 - busy, or whatever the driver raised: retry later
                 raise ReplyError(CONNECT_LATER) from None
         return [user.channel_of(who.user)]
 

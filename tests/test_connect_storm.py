@@ -17,8 +17,8 @@ from sqlalchemy.engine import make_url
 from models import queries
 from models.db import Database
 from models.user_directory import DirectoryBusy, UserDirectory
-from tests.db_fixtures import create_postgres_database, drop_postgres_database, postgres_admin_url
 from tests import harness
+from tests.db_fixtures import create_postgres_database, drop_postgres_database, postgres_admin_url
 from tests.harness import RunningHub, eventually, start_hub
 from tests.raw import MakeHub, OpenRaw, OpenSdk
 
@@ -219,10 +219,11 @@ async def test_with_the_database_unreachable_known_users_connect_and_new_ones_re
 async def test_the_listen_queue_is_as_long_as_configured(make_hub: MakeHub) -> None:
     hub = await make_hub(listen_backlog=77)
 
-    listening = subprocess.run(
-        ["ss", "-Hltn", f"sport = :{hub.settings.port}"], capture_output=True, text=True,
-        check=True,
-    ).stdout.split()
+    done = await asyncio.to_thread(
+        subprocess.run, ["ss", "-Hltn", f"sport = :{hub.settings.port}"], capture_output=True,
+        text=True, check=True,
+    )
+    listening = done.stdout.split()
 
     assert listening[0] == "LISTEN" and listening[2] == "77"  # Send-Q: the backlog
 
