@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,32 @@ async def test_the_demo_needs_only_the_url_and_fills_the_demo_trainers_clients(
         assert session["status"] == "ended" and session["title"] == "demo workout"
         assert session["summary"]["sets"] >= 1, client
         assert session["summary"]["max_bpm"] is not None, client
+
+
+async def test_the_demo_streams_until_ctrl_c_then_ends_its_sessions(make_hub: Any) -> None:
+    hub: RunningHub = await make_hub(dev_login=True)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", "simulate", "--url", hub.ws_url, "--demo", "--athletes", "1",
+        "--rate", "5", "--no-progress", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={"PATH": "/usr/bin:/bin"})
+    try:
+        assert process.stdout is not None
+        started = await asyncio.wait_for(process.stdout.readline(), 60)
+        assert b"1 devices connected" in started, started
+        async def streamed() -> bool:
+            return bool((await sessions_of(hub, "demo-client-1"))[0]["summary"]["sets"])
+        while not await streamed():
+            await asyncio.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        output, _ = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, output
+    assert b"ended 1 sessions" in output
+    (session,) = await sessions_of(hub, "demo-client-1")
+    assert session["status"] == "ended"
 
 
 async def test_the_demo_against_a_hub_without_dev_login_says_how_to_get_one(
