@@ -89,6 +89,7 @@ def node_env(redis_url: str, database_url: str, **extra: str) -> dict[str, str]:
         "HUB_JWT_SECRET": SECRET,
         "HUB_API_KEY": API_KEY,
         "HUB_COMMANDS_PER_SECOND": "1000",
+        "HUB_REDIS_TIMEOUT": "5",  # a loaded test machine must not look like a Redis outage
         **extra,
     }
 
