@@ -200,8 +200,10 @@ class HubWebSocketProtocol(asyncio.Protocol):
         if url.path != WEBSOCKET_PATH:
             self._reject(404, f"WebSocket endpoint is {WEBSOCKET_PATH}\n")
             return
-        origin = request.headers.get("Origin")
-        if not self.origins.allows(origin, request.headers.get("Host")):
+        # Joined, two Origin headers match no pattern; `Headers.get` would raise on them.
+        origin = ", ".join(request.headers.get_all("Origin")) or None
+        hosts = request.headers.get_all("Host")
+        if not self.origins.allows(origin, hosts[0] if len(hosts) == 1 else None):
             log.info("WebSocket from origin %r refused: not in HUB_ALLOWED_ORIGINS", origin)
             self._reject(403, "origin not allowed\n")
             return
