@@ -37,6 +37,7 @@ def make_app(redis_url: str) -> Starlette:
         await websocket.accept()
         async with broadcast.subscribe(CHANNEL) as events:
             async for event in events:  # type: ignore[union-attr]
+                assert event is not None  # the iterator ends instead of yielding None
                 await websocket.send_text(event.message)
 
     async def publisher(websocket: WebSocket) -> None:

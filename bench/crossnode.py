@@ -80,7 +80,7 @@ class Deployment:
     subscriber_kind: str
     """How subscribers speak: `hub` (Centrifuge JSON) or `baseline` (bare frames)."""
     nodes: list[ServerProcess]
-    redis: ServerProcess | None = None
+    redis_server: ServerProcess | None = None
     redis_client: redis.Redis | None = field(default=None, repr=False)
     scratch: list[Path] = field(default_factory=list)
     """Directories shared by the nodes (their database), removed after they stopped."""
@@ -92,15 +92,15 @@ class Deployment:
             shutil.rmtree(directory, ignore_errors=True)
         if self.redis_client is not None:
             self.redis_client.close()
-        if self.redis is not None:
-            self.redis.stop()
+        if self.redis_server is not None:
+            self.redis_server.stop()
 
     def cpu_groups(self) -> dict[str, list[int]]:
         from procstat import process_tree
 
         groups = {f"node{i}": process_tree(n.pid) for i, n in enumerate(self.nodes, 1)}
-        if self.redis is not None:
-            groups["redis"] = [self.redis.pid]
+        if self.redis_server is not None:
+            groups["redis"] = [self.redis_server.pid]
         return groups
 
     def redis_counters(self) -> dict[str, float]:
@@ -168,8 +168,9 @@ def start_deployment(name: str, args: argparse.Namespace) -> Deployment:
     deployment = Deployment(name, "baseline" if name in ("baseline", PEER) else "hub", [])
     try:
         if name in ("hub+redis", CROSS, PEER):
-            deployment.redis, deployment.redis_client = start_redis(args.redis_core)
-        redis_url = f"redis://127.0.0.1:{deployment.redis.port}/0" if deployment.redis else ""
+            deployment.redis_server, deployment.redis_client = start_redis(args.redis_core)
+        server = deployment.redis_server
+        redis_url = f"redis://127.0.0.1:{server.port}/0" if server else ""
         if name == "baseline":
             deployment.nodes.append(start_baseline(cores[0]))
         elif name == PEER:
@@ -268,7 +269,7 @@ async def open_subscribers(deployment: Deployment, pool: WorkerPool,
 
 def pool_size(args: argparse.Namespace, deployment: Deployment) -> int:
     """At least one subscriber process per node, so each node's share has its own reader."""
-    count = max(args.workers, len(deployment.nodes))
+    count = max(int(args.workers), len(deployment.nodes))
     return count + (-count) % len(deployment.nodes)
 
 

@@ -147,20 +147,29 @@ async def connect_on_new_worker(hub: ServedHub, user: str, taken: set[int],
 
     token = auth.mint(SECRET, user, "athlete")
     for _ in range(attempts):
-        before = my_ports_to(hub.port)
-        events = Recorder()
-        client = centrifuge.Client(f"ws://127.0.0.1:{hub.port}/connection/websocket",
-                                   events=events, token=token)
-        await client.connect()
-        await client.ready(timeout=10)
-        port = min(await eventually(lambda before=before: my_ports_to(hub.port) - before,
-                                    timeout=10))
-        worker = await eventually(lambda port=port: worker_holding(hub, port), timeout=10)
-        if worker not in taken:
-            await eventually(lambda events=events: events.named("subscribed"), timeout=10)
-            return Landed(client, events, port, worker)
-        await client.disconnect()
+        landed = await _connect(hub, token)
+        if landed.worker not in taken:
+            return landed
+        await landed.client.disconnect()
     raise AssertionError(f"no connection of {attempts} landed outside workers {taken}")
+
+
+async def _connect(hub: ServedHub, token: str) -> Landed:
+    before = my_ports_to(hub.port)
+    events = Recorder()
+    client = centrifuge.Client(f"ws://127.0.0.1:{hub.port}/connection/websocket",
+                               events=events, token=token)
+    await client.connect()
+    await client.ready(timeout=10)
+    port = min(await eventually(lambda: my_ports_to(hub.port) - before, timeout=10))
+    worker = await eventually(lambda: worker_holding(hub, port), timeout=10)
+    await eventually(lambda: events.named("subscribed"), timeout=10)
+    return Landed(client, events, port, worker)
+
+
+def shut_down(landed: Landed) -> bool:
+    """Whether the client was sent the shutdown disconnect (its SDK is reconnecting)."""
+    return any(ctx.code == SHUTDOWN for ctx in landed.events.named("connecting"))
 
 
 async def test_two_workers_share_the_port_and_a_publication_crosses_them(
@@ -197,9 +206,8 @@ async def test_sigterm_to_the_supervisor_drains_every_worker(two_workers: Served
     workers = worker_pids(hub)
 
     hub.process.send_signal(signal.SIGTERM)
-    for landed in (ann, bob):  # each worker sent its client the shutdown disconnect
-        await eventually(lambda landed=landed: any(
-            ctx.code == SHUTDOWN for ctx in landed.events.named("connecting")), timeout=20)
+    # Each worker sent its client the shutdown disconnect.
+    await eventually(lambda: shut_down(ann) and shut_down(bob), timeout=20)
     await ann.client.disconnect()
     await bob.client.disconnect()
     assert hub.process.wait(30) == -signal.SIGTERM, hub.log()
