@@ -209,15 +209,22 @@ async def test_a_node_that_lost_its_pubsub_connection_fills_the_gap_from_history
         _, events = await subscribed(watcher, channel, recoverable=True, positioned=True)
 
         acked = []
-        for n in range(30):
-            if n == 10:
-                with redis.client() as admin:
+        admin = redis.client()
+        try:
+            for n in range(30):
+                if n == 10:
+                    # No room for new connections: the cut pub/sub connections cannot come back
+                    # while events 10-19 are published (the nodes' command connections stay).
+                    admin.config_set("maxclients", admin.info("clients")["connected_clients"])
                     assert admin.client_kill_filter(_type="pubsub") >= 2
-            event_id = f"g{n:02d}"
-            if n >= 10:
-                await asyncio.sleep(0.03)  # keep publishing while the node is away
-            await publish_until_acked(device, channel, set_event(event_id))
-            acked.append(event_id)
+                if n == 20:
+                    admin.config_set("maxclients", 10000)
+                event_id = f"g{n:02d}"
+                await publish_until_acked(device, channel, set_event(event_id))
+                acked.append(event_id)
+        finally:
+            admin.config_set("maxclients", 10000)
+            admin.close()
 
         await eventually(lambda: received_ids(events) == acked, timeout=20)
         assert len(events.named("subscribed")) == 1
