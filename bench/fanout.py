@@ -462,7 +462,8 @@ def render_table(results: dict[str, dict[str, Any]]) -> str:
         lines.append(row)
     widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
     return "\n".join(
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                  for i, (c, w) in enumerate(zip(r, widths, strict=True)))
         for r in lines
     )
 

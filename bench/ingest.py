@@ -395,7 +395,8 @@ def render_table(results: dict[str, dict[str, Any]]) -> str:
     lines += [[label, *(_cell(lookup(results[t], path)) for t in targets)] for label, path in ROWS]
     widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
     return "\n".join(
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                  for i, (c, w) in enumerate(zip(row, widths, strict=True)))
         for row in lines
     )
 

@@ -13,13 +13,13 @@ from typing import Any
 
 import orjson
 
-from hub.protocol.codes import Error, ErrorCode, ReplyError
+from hub.protocol.codes import ErrorCode, ReplyError
 from hub.rules import HubAPI, Principal
 from models import queries
 from models.db import Database
 from models.event_writer import EventWriter
 
-DATABASE_UNAVAILABLE = Error(100, "database unavailable, retry later", temporary=True)
+DATABASE_UNAVAILABLE = ErrorCode.INTERNAL.with_message("database unavailable, retry later")
 _OWNER_CACHE_SIZE = 10_000
 
 

@@ -6,7 +6,7 @@ the payload from the error alone. Fields a client adds beyond the schema travel 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from channels.base import bad_request
 
@@ -31,7 +31,7 @@ def event_id(event: dict[str, Any]) -> str:
     return value
 
 
-def _is_text(value: Any, longest: int) -> bool:
+def _is_text(value: Any, longest: int) -> TypeGuard[str]:
     """A non-empty string PostgreSQL can store: no NUL character, which would fail the whole
     batch of events it is committed with, every time it is retried."""
     return isinstance(value, str) and 1 <= len(value) <= longest and "\x00" not in value
@@ -72,7 +72,7 @@ def _samples(samples: Any) -> list[tuple[int, int]]:
     return out
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -17,7 +17,14 @@ from typing import Any
 import orjson
 
 from channels import events
-from channels.base import DATABASE_UNAVAILABLE, Context, deny, optional_limit, parse_object
+from channels.base import (
+    DATABASE_UNAVAILABLE,
+    Context,
+    bad_request,
+    deny,
+    optional_limit,
+    parse_object,
+)
 from hub.broker.base import HistoryOptions
 from hub.protocol.codes import ReplyError
 from hub.rules import ChannelOptions, ChannelRule, Principal
@@ -90,7 +97,7 @@ async def start(ctx: Context, who: Principal, params: dict[str, Any]) -> dict[st
         raise deny("only athletes and their devices start sessions")
     title = params.get("title") or ""
     if not isinstance(title, str) or len(title) > 200:
-        raise events.bad_request("title: must be a string of at most 200 characters")
+        raise bad_request("title: must be a string of at most 200 characters")
     session = await queries.start_session(ctx.db, who.user, title)
     channel = channel_of(session["session_id"])
     await ctx.hub.publish(channel, orjson.dumps(
@@ -107,7 +114,7 @@ async def end(ctx: Context, who: Principal, params: dict[str, Any]) -> dict[str,
     """`session.end`: the owner or their device; publishes the summary to watchers."""
     session_id = params.get("session_id")
     if not isinstance(session_id, str) or not session_id:
-        raise events.bad_request("session_id: must be a non-empty string")
+        raise bad_request("session_id: must be a non-empty string")
     owner = await ctx.session_owner(session_id)
     if owner is None or owner != who.user or who.role not in ("athlete", "device"):
         raise deny("only the session's athlete and their devices end it")
@@ -128,7 +135,7 @@ async def recent(ctx: Context, who: Principal, params: dict[str, Any]) -> dict[s
     """`sessions.recent`: an athlete's own, or a linked client's for a trainer."""
     user_id = params.get("user_id") or who.user
     if not isinstance(user_id, str):
-        raise events.bad_request("user_id: must be a string")
+        raise bad_request("user_id: must be a string")
     if not await ctx.may_watch(who, user_id):
         raise deny()
     limit = optional_limit(params)

@@ -40,7 +40,8 @@ def verify(token: str, settings: Settings) -> Identity:
     if not isinstance(token, str) or not token:
         raise InvalidToken("no token")
     key, algorithms = _key(settings)
-    options = {"require": ["sub", "exp"], "verify_aud": settings.jwt_audience is not None}
+    options: jwt.types.Options = {"require": ["sub", "exp"],
+                                  "verify_aud": settings.jwt_audience is not None}
     try:
         claims = jwt.decode(
             token,

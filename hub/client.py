@@ -212,7 +212,7 @@ class Client:
             self._answer_error(command_id, method, ErrorCode.INTERNAL)
         else:
             self.node.metrics.command(method, "ok").inc()
-            if result is not None:
+            if result is not None and command_id:
                 self.send(messages.reply(command_id, method, result))
                 if method in ("subscribe", "connect"):
                     self.node.release_parked(self)
@@ -341,7 +341,8 @@ class Client:
     async def _subscribe(self, body: Message) -> Message:
         channel = self._channel(body)
         if body.get("type"):
-            raise ReplyError(ErrorCode.NOT_AVAILABLE.with_message("map subscriptions are not supported"))
+            raise ReplyError(ErrorCode.NOT_AVAILABLE.with_message(
+                "map subscriptions are not supported"))
         if channel in self.subs:
             raise ReplyError(ErrorCode.ALREADY_SUBSCRIBED)
         limit = self.node.settings.max_subscriptions
@@ -365,7 +366,8 @@ class Client:
         except auth.TokenExpired:
             raise ReplyError(ErrorCode.TOKEN_EXPIRED) from None
         except auth.InvalidToken:
-            raise ReplyError(ErrorCode.PERMISSION_DENIED.with_message("invalid subscription token"))
+            raise ReplyError(
+                ErrorCode.PERMISSION_DENIED.with_message("invalid subscription token")) from None
         if claims.user != self.principal.user or claims.channel != channel:
             raise ReplyError(ErrorCode.PERMISSION_DENIED.with_message(
                 "subscription token is for another user or channel"))

@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from hub.broker.base import BrokerUnavailable
 from hub.node import Node
-from hub.protocol.codes import ReplyError
+from hub.protocol.codes import ErrorCode, ReplyError
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -76,7 +76,7 @@ def with_api_key(handler: Handler) -> Handler:
         except ApiError as exc:
             return error_response(exc.status, exc.message)
         except ReplyError as exc:
-            status = 404 if exc.error.code == 102 else 400
+            status = 404 if exc.error.code == ErrorCode.UNKNOWN_CHANNEL.code else 400
             return error_response(status, exc.error.message)
         except BrokerUnavailable:
             return error_response(503, "broker unavailable, retry later")

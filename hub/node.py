@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from hub import auth, control
 from hub.broker.base import Broker, ClientInfo, HistoryResult, Publication, StreamPosition
-from hub.continuity import Continuity
 from hub.config import Settings
+from hub.continuity import Continuity
 from hub.metrics import Metrics
 from hub.protocol import messages
+from hub.protocol.codec import Message
 from hub.protocol.codecs import CODECS
 from hub.protocol.codes import (
     Disconnect,
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hub.node")
 
-Message = dict[str, Any]
 
 
 class Node:

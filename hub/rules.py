@@ -149,17 +149,17 @@ class Application(ABC):
     async def rpc(self, who: Principal, method: str, data: bytes) -> bytes:
         """Run an RPC method; returns the result's raw JSON. ReplyError 104 if unknown."""
 
-    async def start(self, hub: HubAPI) -> None:
+    async def start(self, hub: HubAPI) -> None:  # noqa: B027 - optional hook, no-op by default
         """Open what the application needs (database, writers) once the hub is up."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None: ...  # noqa: B027 - optional hook, no-op by default
 
-    async def drain(self) -> None:
+    async def drain(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """The node is stopping: let background work finish (see `BackgroundWork`). Called
         after clients were told to reconnect and before `close`; the broker still publishes,
         so other nodes' subscribers keep receiving. Bounded by the application's own grace."""
 
-    async def ready(self) -> None:
+    async def ready(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise when a dependency (the database) is unreachable; used by /readyz."""
 
     def routes(self) -> list[BaseRoute]:

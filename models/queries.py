@@ -65,9 +65,10 @@ def _check_role(role: str) -> None:
 async def upsert_user(db: Database, user_id: str, name: str, role: str) -> dict[str, Any]:
     """Create the user or overwrite name and role, atomically; `created_at` is kept."""
     _check_role(role)
-    stmt = db.insert(users).values(id=user_id, name=name, role=role, created_at=utcnow())
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[users.c.id], set_={"name": stmt.excluded.name, "role": stmt.excluded.role}
+    insert = db.insert(users).values(id=user_id, name=name, role=role, created_at=utcnow())
+    stmt = insert.on_conflict_do_update(
+        index_elements=[users.c.id],
+        set_={"name": insert.excluded.name, "role": insert.excluded.role},
     ).returning(*users.c)
     async with db.write() as conn:
         row = (await conn.execute(stmt)).one()

@@ -87,7 +87,8 @@ def simulate(
     url: Annotated[str, typer.Option(help="The hub's WebSocket endpoint")] = (
         "ws://127.0.0.1:8000/connection/websocket"),
     demo: Annotated[bool, typer.Option(
-        "--demo", help="Demo users and tokens from the hub's dev login; runs until Ctrl-C")] = False,
+        "--demo",
+        help="Demo users and tokens from the hub's dev login; runs until Ctrl-C")] = False,
     athletes: Annotated[int | None, typer.Option(
         min=1, help=f"Athletes, one live session each [default: 1; {DEMO_ATHLETES} with --demo]",
         show_default=False)] = None,

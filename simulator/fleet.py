@@ -166,7 +166,8 @@ class Fleet(OpenedFleet):
     async def end_sessions(self) -> list[dict[str, Any]]:
         """End every session through its athlete's first device; returns their summaries."""
         return await asyncio.gather(
-            *(lead.end_session(session) for lead, session in zip(self._leads(), self.sessions))
+            *(lead.end_session(session)
+              for lead, session in zip(self._leads(), self.sessions, strict=True))
         )
 
     async def close(self) -> None:

@@ -37,7 +37,8 @@ async def connect_as(connect: ConnectClient, party: str) -> centrifuge.Client:
     ("owner", True), ("owner_device", True), ("linked_trainer", True), ("admin", True),
     ("unlinked_trainer", False), ("other_athlete", False), ("other_athlete_device", False),
 ])
-async def test_who_may_subscribe_to_a_session_channel(hub: RunningHub, connect: ConnectClient, party: str,
+async def test_who_may_subscribe_to_a_session_channel(
+        hub: RunningHub, connect: ConnectClient, party: str,
                                            allowed: bool) -> None:
     await link(hub, "tom", "ann")
     owner, _ = await connect("ann")
@@ -58,7 +59,8 @@ async def test_subscribing_to_an_unknown_session_is_denied(connect: ConnectClien
     ("owner", True), ("owner_device", True), ("linked_trainer", True), ("admin", True),
     ("unlinked_trainer", False), ("other_athlete", False),
 ])
-async def test_who_may_subscribe_to_a_coach_channel(hub: RunningHub, connect: ConnectClient, party: str,
+async def test_who_may_subscribe_to_a_coach_channel(
+        hub: RunningHub, connect: ConnectClient, party: str,
                                          allowed: bool) -> None:
     await link(hub, "tom", "ann")
     _, events = await subscribe(await connect_as(connect, party), "coach:ann")
@@ -107,7 +109,8 @@ async def test_clients_never_publish_into_user_or_trainer_channels(
 @pytest.mark.parametrize(("party", "allowed"), [
     ("linked_trainer", True), ("admin", True), ("unlinked_trainer", False), ("owner", False),
 ])
-async def test_who_may_subscribe_to_a_trainer_channel(hub: RunningHub, connect: ConnectClient, party: str,
+async def test_who_may_subscribe_to_a_trainer_channel(
+        hub: RunningHub, connect: ConnectClient, party: str,
                                            allowed: bool) -> None:
     await link(hub, "tom", "ann")
     _, events = await subscribe(await connect_as(connect, party), "trainer:tom")

@@ -69,7 +69,8 @@ async def test_the_trainer_view_of_ten_live_clients_renders_every_event(
         sets = [event_id for event_id, kind in first.acked.items() if kind == "set"]
         await web.page.click(f'.card[data-user="{clients[0]}"]')
         await web.wait_for(f"() => document.querySelectorAll({ROWS!r}).length >= {len(sets)}")
-        shown = await web.page.eval_on_selector_all(ROWS, "rows => rows.map(r => r.dataset.eventId)")
+        shown = await web.page.eval_on_selector_all(
+            ROWS, "rows => rows.map(r => r.dataset.eventId)")
         if screenshots:
             await web.page.screenshot(path=str(SCREENSHOTS / "trainer-live.png"), full_page=True)
         await fleet.end_sessions()

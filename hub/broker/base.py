@@ -25,8 +25,8 @@ Guarantees every implementation keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -123,7 +123,8 @@ class Broker(ABC):
 
     @abstractmethod
     async def unsubscribe(self, channel: str) -> None:
-        """The last local subscriber left `channel`."""
+        """The last local subscriber left `channel`. The broker forgets the channel even when
+        the call raises, so it is never subscribed again after a reconnect."""
 
     @abstractmethod
     async def publish(
@@ -177,10 +178,6 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    async def remove_history(self, channel: str) -> None:
-        """Forget the stream; the next publication starts a new epoch."""
-
-    @abstractmethod
     async def add_presence(
         self, channel: str, client_id: str, info: ClientInfo, ttl: float
     ) -> None:
@@ -203,5 +200,6 @@ class Broker(ABC):
     async def presence_stats(self, channel: str) -> tuple[int, int]:
         """(number of clients, number of distinct users) present in the channel."""
 
+    @abstractmethod
     async def ping(self) -> None:
         """Raise if the broker is unreachable; used by /readyz."""

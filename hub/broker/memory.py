@@ -209,6 +209,9 @@ class MemoryBroker(Broker):
         self._handler = None
         self._subscribed.clear()
 
+    async def ping(self) -> None:
+        """Always reachable: it lives in this process."""
+
     async def subscribe(self, channel: str) -> None:
         self._subscribed.add(channel)
 
@@ -286,9 +289,6 @@ class MemoryBroker(Broker):
         if limit > 0:
             del publications[limit:]
         return HistoryResult(publications, stream.position())
-
-    async def remove_history(self, channel: str) -> None:
-        self._streams.pop(channel, None)
 
     async def add_presence(
         self, channel: str, client_id: str, info: ClientInfo, ttl: float

@@ -265,10 +265,6 @@ class RedisBroker(Broker):
         ]
         return HistoryResult(publications, StreamPosition(top, epoch))
 
-    async def remove_history(self, channel: str) -> None:
-        keys = self._keys.channel(channel)
-        await self._call(keys, (b"DEL", keys.meta, keys.stream))
-
     async def add_presence(
         self, channel: str, client_id: str, info: ClientInfo, ttl: float
     ) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from hub.broker.base import ClientInfo, Publication
 
@@ -41,7 +41,8 @@ def encode_publication(
     if info is None:
         packed: bytes = _pack([data, time_ms, tags])
     else:
-        packed = _pack([data, time_ms, tags, info.user, info.client, info.conn_info, info.chan_info])
+        packed = _pack(
+            [data, time_ms, tags, info.user, info.client, info.conn_info, info.chan_info])
     return packed
 
 

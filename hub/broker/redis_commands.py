@@ -167,7 +167,8 @@ class CommandPipeline:
         if missing:
             log.info("Redis lost its scripts (restarted or flushed): loading them again")
             await self.load_scripts()
-            for i, answer in zip(missing, await self._pipeline([commands[i] for i in missing])):
+            answers = await self._pipeline([commands[i] for i in missing])
+            for i, answer in zip(missing, answers, strict=True):
                 answers[i] = answer
         return answers
 

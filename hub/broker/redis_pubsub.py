@@ -137,7 +137,8 @@ class PubSubReader:
             self._wanted.discard(name)
             self._forget_waiter(name, waiter)
             if isinstance(error, TimeoutError | RedisError | OSError):
-                raise BrokerUnavailable(f"Redis did not confirm the subscription: {error}") from error
+                raise BrokerUnavailable(
+                    f"Redis did not confirm the subscription: {error}") from error
             raise
 
     async def unsubscribe(self, name: bytes) -> None:

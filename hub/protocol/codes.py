@@ -59,10 +59,6 @@ class Disconnect:
     code: int
     reason: str
 
-    @property
-    def reconnect(self) -> bool:
-        return self.code < 3500 or 4000 <= self.code < 4500 or self.code >= 5000
-
 
 class DisconnectCode:
     SHUTDOWN = Disconnect(3001, "shutdown")

@@ -7,12 +7,9 @@ Zero values are left out as the reference server does; keys the SDKs dereference
 
 from __future__ import annotations
 
-from typing import Any
-
 from hub.broker.base import ClientInfo, Publication
+from hub.protocol.codec import Message
 from hub.protocol.codes import DisconnectCode, DisconnectError, Error, Unsubscribe
-
-Message = dict[str, Any]
 
 
 def client_info(info: ClientInfo) -> Message:

@@ -34,7 +34,7 @@ class MsgpackCodec(Codec):
         return commands
 
     def encode(self, message: Message) -> bytes:
-        body = msgpack.packb(message, use_bin_type=True)
+        body: bytes = msgpack.packb(message, use_bin_type=True)
         return put_uvarint(len(body)) + body
 
     def join(self, parts: list[bytes]) -> bytes:

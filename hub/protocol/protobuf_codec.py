@@ -75,7 +75,7 @@ class ProtobufCodec(Codec):
         faster than filling the message field by field from Python, and this runs once per
         publication.
         """
-        body = Reply(**message).SerializeToString()
+        body: bytes = Reply(**message).SerializeToString()
         return put_uvarint(len(body)) + body
 
     def join(self, parts: list[bytes]) -> bytes:

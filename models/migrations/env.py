@@ -6,9 +6,10 @@ There is no alembic.ini and no URL here on purpose: the hub migrates itself on s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlmodel import SQLModel
 
 from models import tables
@@ -21,7 +22,7 @@ if connection is None:
     )
 
 
-def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Write `UTCDateTime` as the plain column type so revisions never import the models."""
     if type_ == "type" and isinstance(obj, tables.UTCDateTime):
         return "sa.DateTime(timezone=True)"

@@ -359,20 +359,6 @@ async def test_reading_history_keeps_stream_meta_alive(broker: Broker, channel: 
     assert result.position == published
 
 
-async def test_remove_history_starts_a_new_epoch(broker: Broker, channel: str) -> None:
-    old = await broker.publish(channel, b"{}", history=HISTORY)
-
-    await broker.remove_history(channel)
-
-    result = await broker.history(channel, limit=-1)
-    assert result.publications == []
-    assert result.position.offset == 0
-    assert result.position.epoch not in ("", old.epoch)
-    assert await broker.publish(channel, b"{}", history=HISTORY) == StreamPosition(
-        1, result.position.epoch
-    )
-
-
 async def test_history_on_unknown_channel_creates_a_stable_epoch(
     broker: Broker, channel: str
 ) -> None:

@@ -324,7 +324,6 @@ async def test_calls_fail_promptly_when_redis_is_unreachable(
         broker.presence(channel),
         broker.add_presence(channel, ALICE.client, ALICE, ttl=1.0),
         broker.refresh_presence([(channel, ALICE.client, ALICE)], ttl=1.0),
-        broker.remove_history(channel),
     ):
         with pytest.raises(BrokerUnavailable):
             await asyncio.wait_for(call, timeout=10.0)
