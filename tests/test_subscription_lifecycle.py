@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import centrifuge
 import pytest
 
 from hub.broker.base import HistoryOptions, Publication, StreamPosition
@@ -18,17 +17,9 @@ from hub.continuity import Continuity
 from hub.metrics import Metrics
 from tests.broker.yielding import YieldingMemoryBroker
 from tests.conftest import ConnectClient
-from tests.harness import Recorder, RunningHub, eventually
+from tests.harness import RunningHub, eventually
+from tests.multinode import subscribed
 from tests.raw import MakeHub, OpenRaw
-
-
-async def subscribed(client: centrifuge.Client, channel: str,
-                     **options: Any) -> tuple[centrifuge.Subscription, Recorder]:
-    events = Recorder()
-    sub = client.new_subscription(channel, events=events, **options)
-    await sub.subscribe()
-    await sub.ready(timeout=10)
-    return sub, events
 
 
 async def session_of(hub: RunningHub, connect: ConnectClient, athlete: str) -> str:
