@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +48,10 @@ from typing import Any
 import redis
 import uvloop
 from fanout import (
+    CHANNEL,
     PhaseCpu,
     WorkerPool,
+    connected_publisher,
     drain,
     environment,
     prepare_process,
@@ -58,10 +60,9 @@ from fanout import (
     warn_if_shared,
 )
 from loadgen import PHASES
-from publisher import BaselinePublisher, HubPublisher, Publisher, publish_phase
+from publisher import Publisher, publish_phase
 from servers import BENCH_DIR, REPO_ROOT, ServerProcess, free_port, pinned, start_hub, wait_healthy
 
-CHANNEL = "session:bench"
 DEPLOYMENTS = ("hub", "hub+redis", "hub x2", "baseline", "broadcaster x2")
 SINGLE, CROSS, PEER = "hub", "hub x2", "broadcaster x2"
 FIXED = PHASES.index("fixed")
@@ -217,21 +218,6 @@ def running(name: str, args: argparse.Namespace) -> Iterator[Deployment]:
         deployment.stop()
 
 
-@contextlib.asynccontextmanager
-async def connected_publisher(deployment: Deployment, window: int) -> AsyncIterator[Publisher]:
-    first = deployment.nodes[0]
-    publisher: Publisher
-    if deployment.subscriber_kind == "hub":
-        publisher = HubPublisher(first.base_url, first.api_key, CHANNEL, window)
-    else:
-        publisher = BaselinePublisher("127.0.0.1", first.port)
-    try:
-        await publisher.warm_up()
-        yield publisher
-    finally:
-        await publisher.aclose()
-
-
 def subscriber_specs(deployment: Deployment, total: int, workers: int) -> list[dict[str, Any]]:
     """Subscriber process `i` connects its share to node `i mod nodes`; hub subscribers get one
     user each."""
@@ -336,7 +322,8 @@ async def bench_deployment(name: str, args: argparse.Namespace) -> dict[str, Any
     with running(name, args) as deployment:
         pool = WorkerPool(pool_size(args, deployment))
         try:
-            async with connected_publisher(deployment, args.max_inflight) as publisher:
+            async with connected_publisher(deployment.nodes[0], args.max_inflight,
+                                           hub=deployment.subscriber_kind == "hub") as publisher:
                 memory = await open_subscribers(deployment, pool, args)
                 print(f"[{name}] {memory['subscribers']} subscribers on "
                       f"{len(deployment.nodes)} node(s)", flush=True)

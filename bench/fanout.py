@@ -138,9 +138,13 @@ def running_server(target: str) -> Iterator[ServerProcess]:
 
 
 @contextlib.asynccontextmanager
-async def connected_publisher(server: ServerProcess, window: int) -> AsyncIterator[Publisher]:
+async def connected_publisher(
+    server: ServerProcess, window: int, *, hub: bool | None = None
+) -> AsyncIterator[Publisher]:
+    """The hub's HTTP publisher for a hub (`hub`, default: the server is named "hub"), the
+    baseline's TCP publisher otherwise, warmed up."""
     publisher: Publisher
-    if server.name == "hub":
+    if server.name == "hub" if hub is None else hub:
         publisher = HubPublisher(server.base_url, server.api_key, CHANNEL, window)
     else:
         publisher = BaselinePublisher("127.0.0.1", server.port)
