@@ -219,6 +219,8 @@ HISTOGRAMS: dict[str, tuple[str, dict[str, str], float]] = {
     "publish_command_ms": ("fitsync_command_duration_seconds", {"method": "publish"}, 1000.0),
     "connect_command_ms": ("fitsync_command_duration_seconds", {"method": "connect"}, 1000.0),
     "events_per_batch": ("fitsync_event_batch_size", {}, 1.0),
+    "event_loop_lag_ms": ("fitsync_event_loop_lag_seconds", {}, 1000.0),
+    "gc_pause_gen2_ms": ("fitsync_gc_pause_seconds", {"generation": "2"}, 1000.0),
 }
 """What the hub measures inside: the event writer's transactions (sent → result), the time
 from a command's dispatch to its reply, and batch sizes. Beside the load generator's

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from hub import __version__
 from hub.loop_histogram import HistogramSeries, LoopHistogram
 from hub.protocol.codes import Disconnect, DisconnectCode
+from hub.stalls import STALL_BUCKETS
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -80,6 +81,15 @@ class Metrics:
         self.event_batch_size = LoopHistogram(
             "fitsync_event_batch_size", "Events per committed event-writer transaction",
             buckets=BATCH_SIZE_BUCKETS, registry=r,
+        )
+        self.event_loop_lag = LoopHistogram(
+            "fitsync_event_loop_lag_seconds",
+            "How late a timer due every 50 ms ran: the event loop's stalls (hub.stalls)",
+            buckets=STALL_BUCKETS, registry=r,
+        )
+        self.gc_pause = LoopHistogram(
+            "fitsync_gc_pause_seconds", "Garbage-collector pauses of the event loop, by generation",
+            ["generation"], buckets=STALL_BUCKETS, registry=r,
         )
         self.connections = Gauge("fitsync_connections", "Open client connections", registry=r)
         self.subscriptions = Gauge(

@@ -34,6 +34,7 @@ from hub.protocol.codes import (
 )
 from hub.registry import Registry, Subscription
 from hub.rules import Application, ChannelRule
+from hub.stalls import StallWatch
 from hub.subscriptions import Lifecycle
 from hub.writer import OP_BINARY, OP_TEXT, Flusher, Outbound
 
@@ -60,12 +61,14 @@ class Node:
                                      self._insufficient_state, self._spawn)
         self.lifecycle = Lifecycle(settings, broker, self.registry, self.metrics, self._spawn,
                                    unbound=self.continuity.forget)
+        self.stalls = StallWatch(self.metrics.event_loop_lag, self.metrics.gc_pause)
         self._pings = [Outbound(c.ping, OP_BINARY if c.binary else OP_TEXT) for c in CODECS]
 
     async def start(self) -> None:
         await self.broker.start(self)
         await self.application.start(self)
         self.lifecycle.start()
+        self.stalls.start()
 
     async def close(self) -> None:
         """Shut down: every client is told to reconnect (3001), then dependencies close."""
@@ -73,6 +76,7 @@ class Node:
             for client in list(clients):
                 client.close(DisconnectCode.SHUTDOWN)
         self.lifecycle.stop()
+        self.stalls.stop()
         await self.application.drain()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
