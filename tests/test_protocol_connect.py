@@ -199,6 +199,41 @@ async def test_sdk_dropped_as_expired_reconnects_with_a_fresh_token(
     assert not events.named("disconnected")
 
 
+async def test_pings_go_on_until_an_unrefreshed_token_closes_the_connection_3005(
+    make_hub: MakeHub, raw: OpenRaw
+) -> None:
+    """A connection's ping cycle and its token's expiry share one timer: pings keep coming
+    while the token is valid, and the close comes at expiry plus the grace, not later."""
+    hub = await make_hub(ping_interval=0.3, pong_timeout=0.2, expired_close_delay=0.2)
+    client = await raw(hub)
+    await client.connect(hub.token("u1", ttl=2))
+    opened = time.monotonic()
+    while True:
+        try:
+            messages = await client.read_frame(timeout=5)
+        except Exception:  # the close ends the reading
+            break
+        if any(not m for m in messages):
+            await client.pong()
+    assert client.ws.close_code == 3005
+    assert client.pings >= 3
+    assert time.monotonic() - opened < 4.5
+
+
+async def test_a_refresh_moves_the_expiry_and_pings_go_on(make_hub: MakeHub, raw: OpenRaw) -> None:
+    hub = await make_hub(ping_interval=0.3, pong_timeout=0.2, expired_close_delay=0.1)
+    client = await raw(hub)
+    await client.connect(hub.token("u1", ttl=1))
+    await client.call("refresh", {"token": hub.token("u1", ttl=60)})
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        messages = await client.read_frame(timeout=2)
+        if any(not m for m in messages):
+            await client.pong()
+    assert client.pings >= 5
+    assert client.ws.close_code is None
+
+
 async def test_refresh_answers_the_new_ttl(hub: RunningHub, raw: OpenRaw) -> None:
     client = await raw(hub)
     await client.connect(hub.token("u1", ttl=60))

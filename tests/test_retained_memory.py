@@ -72,3 +72,22 @@ def test_json_encoding_keeps_about_the_encoded_size() -> None:
     codec = JsonCodec()
     per_message = traced_bytes_per_item(lambda i: codec.encode({"id": i, "publish": {}}))
     assert per_message < 200
+
+
+async def test_a_channel_nobody_published_to_keeps_only_its_position() -> None:
+    """Every connect reads its user channel's position, so every connected user has a stream
+    with an epoch and no publications: ~150 bytes of it, not an empty deque's 600 more."""
+    broker = MemoryBroker()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(COUNT):
+            await broker.history(f"user:u{i}", limit=0)
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert (after - before) / COUNT < 450
+    history = HistoryOptions(size=10, ttl=60, meta_ttl=600)
+    await broker.publish("user:u1", b"{}", history=history)
+    assert len(broker._streams["user:u1"].entries) == 1
+    assert len(broker._streams["user:u2"].entries) == 0

@@ -126,6 +126,10 @@ def _publication(entry: _Retained) -> Publication:
     )
 
 
+_NO_ENTRIES: deque[_Retained] = deque(maxlen=0)
+"""The entries of every stream until its first publication; never appended to."""
+
+
 @dataclass(slots=True)
 class _Stream:
     """One incarnation of a channel's stream: its epoch, top offset and retained publications.
@@ -137,8 +141,10 @@ class _Stream:
     epoch: str
     meta_expires_at: float
     top: int = 0
-    entries: deque[_Retained] = field(default_factory=deque)
-    """(monotonic expiry, *the publication's fields*), oldest first."""
+    entries: deque[_Retained] = field(default_factory=lambda: _NO_ENTRIES)
+    """(monotonic expiry, *the publication's fields*), oldest first. A channel nobody
+    published to (every user channel, whose position a connect reads) shares one empty
+    deque: an own empty deque is 600 bytes."""
 
     def extend_meta(self, deadline: float) -> None:
         """Keep offset and epoch at least until `deadline`; a shorter meta_ttl never cuts it."""
@@ -148,6 +154,8 @@ class _Stream:
         """Give `publication` the next offset and retain it, dropping the oldest beyond size."""
         self.top += 1
         publication.offset = self.top
+        if self.entries is _NO_ENTRIES:
+            self.entries = deque()
         self.entries.append(_retained(publication, now + history.ttl))
         while len(self.entries) > history.size:
             self.entries.popleft()
