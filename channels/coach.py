@@ -86,7 +86,8 @@ class CoachService:
         self.background = background
         self._coach: Coach | None = None
         self._prompts: PromptBuilder | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._keepers: list[asyncio.Task[None]] = []
+        """The sweep of dead answers and the batched save of this node's streaming ones."""
 
     @property
     def coach(self) -> Coach:
@@ -95,7 +96,8 @@ class CoachService:
 
     async def start(self, ctx: Context) -> None:
         """At start, answers left `streaming` by a node that died are failed (their lease ran
-        out), then the sweep repeats (a live node's answers keep their lease fresh)."""
+        out), then the sweep repeats (a live node's answers keep their lease fresh, saved
+        every save interval)."""
         self._coach = Coach(self.settings, ctx.db, ctx.hub, self.background)
         self._prompts = PromptBuilder(ctx.db, system_prompt_of(self.settings),
                                       self.settings.coach_prompt_budget)
@@ -103,22 +105,25 @@ class CoachService:
             await self._coach.sweep()
         except Exception:
             log.warning("could not sweep stale coach answers at start", exc_info=True)
-        self._sweeper = asyncio.get_running_loop().create_task(self._coach.keep_sweeping())
+        loop = asyncio.get_running_loop()
+        self._keepers = [loop.create_task(self._coach.keep_sweeping()),
+                         loop.create_task(self._coach.keep_saving())]
 
     async def drain(self) -> None:
-        await self._stop_sweeper()
+        """The sweep stops first; saves go on while the answers finish within the grace."""
+        await self._stop_keepers(self._keepers[:1])
         await self.background.drain(shutdown_grace(self.settings))
 
     async def close(self) -> None:
-        await self._stop_sweeper()
+        await self._stop_keepers(self._keepers)
         if self._coach is not None:
             await self._coach.close()
 
-    async def _stop_sweeper(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+    async def _stop_keepers(self, tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+                await task
 
     def prompt_for(self, user_id: str, question: dict[str, Any]) -> Callable[
             [], Awaitable[list[dict[str, str]]]]:

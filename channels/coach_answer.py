@@ -2,15 +2,17 @@
 
 Each answer is one `Answer.run` task, owned by the application's `BackgroundWork`, and that
 task alone publishes the answer: deltas leave in the order the model sent them and can never
-overtake one another. Two child tasks help it: the reader (the model's stream → a queue) and
-the saver (the text so far → the database every `HUB_COACH_SAVE_INTERVAL`, which also renews
-the answer's lease, see `models.coach_queries`).
+overtake one another. A child task, the reader, moves the model's stream to a queue. The text
+so far goes to the database every `HUB_COACH_SAVE_INTERVAL`, for every answer this node
+streams in one statement (`Coach.keep_saving`), which also renews their leases (see
+`models.coach_queries`).
 
 The stream is read through the `openai` client's raw streaming response (`with_streaming_response`:
 the client still makes the request, authenticates, applies the timeouts and raises its typed
-errors for 401, 429, 5xx), and each `data:` line is parsed with orjson: the client's own chunk
-objects cost about 90 us of CPU per chunk here against about 10, and 50 answers at 200 tokens
-a second are 10,000 chunks a second.
+errors for 401, 429, 5xx); its bytes are split into lines here and each `data:` line is parsed
+with orjson: the client's own chunk objects cost about 90 us of CPU per chunk here against
+about 10, and 50 answers at 200 tokens a second are 10,000 chunks a second. For the same
+reason the stall timeout is moved at most twice per timeout, not once per chunk.
 
 Coalescing: the first piece of text to arrive opens a window of `HUB_COACH_COALESCE_MS`; what
 arrives within it goes out as one `delta`. A fast model therefore costs one publication per
@@ -25,7 +27,7 @@ that index on.
 How an answer ends, exactly once (each final write is conditional on the row still streaming):
 `done`; `cancelled` (`coach.cancel`: the model's stream is closed at once); `failed` with a
 short reason and `retryable` (a model error, a stall, a broken stream, the node stopping). A
-saver that finds the row no longer streaming stops the answer: when it was cancelled through
+save that finds the row no longer streaming stops the answer: when it was cancelled through
 another node, this task stores the full text and publishes `cancelled` after its last delta
 (`coach_queries.settle_cancel`); when it was failed as dead (its lease ran out while the
 database was unreachable, say), the sweep announced it and nothing more is published.
@@ -36,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -129,13 +131,13 @@ class ModelStreamError(Exception):
 _DONE: dict[str, Any] = {}
 
 
-def _chunk_of(line: str) -> dict[str, Any] | None:
+def _chunk_of(line: bytes) -> dict[str, Any] | None:
     """One server-sent-events line of a chat completion stream: its chunk, `_DONE` at
     `data: [DONE]`, or None for what carries no data (blank lines, comments, `event:`)."""
-    if not line.startswith("data:"):
+    if not line.startswith(b"data:"):
         return None
     data = line[5:].strip()
-    if data == "[DONE]":
+    if data == b"[DONE]":
         return _DONE
     try:
         chunk = orjson.loads(data)
@@ -148,6 +150,19 @@ def _chunk_of(line: str) -> dict[str, Any] | None:
         message = error.get("message") if isinstance(error, dict) else None
         raise ModelStreamError(f"the model API failed mid-answer: {message or error}"[:200])
     return chunk
+
+
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Server-sent-events lines (ended by LF, CRLF or CR) of a byte stream, without their ends.
+    A CRLF split between two reads yields one extra empty line, which carries no data."""
+    rest = b""
+    async for chunk in chunks:
+        lines = (rest + chunk).splitlines(keepends=True)
+        rest = lines.pop() if lines and not lines[-1].endswith((b"\n", b"\r")) else b""
+        for line in lines:
+            yield line.rstrip(b"\r\n")
+    if rest:
+        yield rest
 
 
 def _is_transport_error(exc: BaseException) -> bool:
@@ -181,9 +196,9 @@ class Coach:
             self.client = openai.AsyncOpenAI(
                 api_key=settings.coach_api_key, base_url=settings.coach_base_url,
                 max_retries=0,
-                # Reads get a second more than the stall timeout the answer enforces itself,
-                # so a stall is always reported as one.
-                timeout=openai.Timeout(settings.coach_stall_timeout + 1,
+                # Reads get a second more than the latest moment the answer's own stall timeout
+                # fires (1.5 timeouts, see `Answer._read`), so a stall is always reported as one.
+                timeout=openai.Timeout(settings.coach_stall_timeout * 1.5 + 1,
                                        connect=settings.coach_connect_timeout),
             )
 
@@ -216,6 +231,24 @@ class Coach:
         """Fail the answers whose lease ran out, wherever they were streaming."""
         await self.announce_interrupted(
             await coach_queries.fail_stale_answers(self.db, self.settings.coach_lease))
+
+    async def keep_saving(self) -> None:
+        """Every save interval, store the text so far of every answer streaming here, renewing
+        their leases, in one statement; an answer whose row stopped streaming is stopped."""
+        while True:
+            await asyncio.sleep(self.settings.coach_save_interval)
+            answers = [a for a in self.running.values() if a.streaming]
+            if not answers:
+                continue
+            try:
+                kept = await coach_queries.save_partials(
+                    self.db, [(a.reply_id, a.text, a.deltas) for a in answers])
+            except Exception:
+                log.warning("could not save %d coach answers", len(answers), exc_info=True)
+                continue
+            for answer in answers:
+                if answer.reply_id not in kept and answer.streaming:
+                    await answer.row_lost()
 
     async def keep_sweeping(self) -> None:
         """Sweep every half lease: an answer whose node died is failed within 1.5 leases."""
@@ -254,6 +287,15 @@ class Answer:
     def text(self) -> str:
         return "".join(self._parts)
 
+    @property
+    def deltas(self) -> int:
+        return len(self._parts)
+
+    @property
+    def streaming(self) -> bool:
+        """Still publishing: a save of its text may still be wanted."""
+        return self._terminal is None
+
     async def cancel(self) -> bool:
         """Close the model's stream and end the answer as `cancelled`; False when it had
         already ended (or a cancel came first)."""
@@ -267,14 +309,10 @@ class Answer:
         return await asyncio.shield(self._finished) == "cancelled"
 
     async def run(self) -> None:
-        saver = asyncio.create_task(self._keep_saving())
         status: str | None = None
         try:
-            outcome = await self._stream()
-            saver.cancel()
-            status = await self._finish(outcome)
+            status = await self._finish(await self._stream())
         finally:
-            saver.cancel()
             self.coach.running.pop(self.reply_id, None)
             if not self._finished.done():
                 self._finished.set_result(status)
@@ -312,16 +350,21 @@ class Answer:
         assert client is not None
         started = False
         loop = asyncio.get_running_loop()
+        # Fires between one and one and a half stall timeouts after the last line: moved to
+        # 1.5 timeouts ahead whenever less than one is left, so at most twice per timeout.
+        patience = settings.coach_stall_timeout
         try:
-            async with asyncio.timeout(settings.coach_stall_timeout) as stall:
+            async with asyncio.timeout(patience) as stall:
                 async with client.chat.completions.with_streaming_response.create(
                     model=settings.coach_model,
                     messages=cast("list[ChatCompletionMessageParam]", messages),
                     max_tokens=settings.coach_max_tokens, stream=True,
                     stream_options={"include_usage": True},
                 ) as response:
-                    async for line in response.iter_lines():
-                        stall.reschedule(loop.time() + settings.coach_stall_timeout)
+                    async for line in _lines(response.iter_bytes()):
+                        now = loop.time()
+                        if (stall.when() or now) - now < patience:
+                            stall.reschedule(now + patience * 1.5)
                         chunk = _chunk_of(line)
                         if chunk is None:
                             continue
@@ -389,26 +432,16 @@ class Answer:
 
     # -- saving and finishing -----------------------------------------------------------------
 
-    async def _keep_saving(self) -> None:
-        """Save the text so far (renewing the lease) until cancelled; a lost row stops us."""
-        interval = self.coach.settings.coach_save_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                kept = await coach_queries.save_partial(self.coach.db, self.reply_id,
-                                                        self.text, len(self._parts))
-            except Exception:
-                log.warning("could not save coach answer %s", self.reply_id, exc_info=True)
-                continue
-            if not kept:
-                with contextlib.suppress(Exception):
-                    stored = await coach_queries.get_answer(self.coach.db, self.reply_id)
-                    self._cancelled_elsewhere = bool(stored and stored["status"] == "cancelled")
-                if self._reader is not None:
-                    self._reader.cancel()
-                else:
-                    self._queue.put_nowait(self._why_stopped())
-                return
+    async def row_lost(self) -> None:
+        """A save found the row no longer streaming: it was cancelled through another node
+        (this task then announces it) or failed as dead; stop reading the model."""
+        with contextlib.suppress(Exception):
+            stored = await coach_queries.get_answer(self.coach.db, self.reply_id)
+            self._cancelled_elsewhere = bool(stored and stored["status"] == "cancelled")
+        if self._reader is not None:
+            self._reader.cancel()
+        else:
+            self._queue.put_nowait(self._why_stopped())
 
     async def _finish(self, outcome: Outcome) -> str | None:
         """Store the final status once and publish it; returns that status (None if lost)."""

@@ -8,12 +8,13 @@ The guarantee, on SQLite and PostgreSQL, across any number of nodes and without 
   then the whole ask is rolled back (the caller answers 106). Two nodes racing for the same user
   serialise on the index: exactly one wins.
 * **A lease a dead node cannot hold forever.** The node streaming an answer renews
-  `heartbeat_at` each time it saves the partial text (`save_partial`, every
-  `HUB_COACH_SAVE_INTERVAL`). An answer whose heartbeat is older than the lease
-  (`HUB_COACH_LEASE`) is taken for dead and marked `failed`: by `begin_ask` when it is in the
-  way of the user's next question, and by `fail_stale_answers` (each node at start and
-  periodically). A node that merely starts never fails another live node's answer: its
-  heartbeat is fresh. Node clocks are assumed to agree to well within the lease.
+  `heartbeat_at` each time it saves the partial text (`save_partials`, every
+  `HUB_COACH_SAVE_INTERVAL`, for all of a node's answers at once). An answer whose
+  heartbeat is older than the lease (`HUB_COACH_LEASE`) is taken for dead and marked
+  `failed`: by `begin_ask` when it is in the way of the user's next question, and by
+  `fail_stale_answers` (each node at start and periodically). A node that merely starts
+  never fails another live node's answer: its heartbeat is fresh. Node clocks are assumed
+  to agree to well within the lease.
 * **Finished exactly once.** Every write to an answer is conditional on it still being
   `streaming`: the first of done / cancelled / failed wins, whoever writes it (the streaming
   node, a cancel arriving on another node, a sweep); the loser is told (`False` / None) and
@@ -26,7 +27,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import bindparam, case, func, or_, select, update
 from sqlalchemy import text as sql_text
 
 from models.db import Database
@@ -121,15 +122,24 @@ async def begin_ask(
     return _item(question), _item(answer), interrupted
 
 
-async def save_partial(db: Database, reply_id: str, text: str, deltas: int) -> bool:
-    """Save the text streamed so far and renew the lease; False when the answer is no longer
-    `streaming` (finished elsewhere, or failed as dead): its streamer must stop."""
+async def save_partials(db: Database, answers: list[tuple[str, str, int]]) -> set[str]:
+    """Save the text streamed so far of each `(reply_id, text, deltas)` and renew its lease,
+    in one transaction; returns the ids still `streaming`. One missing was finished elsewhere
+    or failed as dead: its streamer must stop.
+
+    The updates lock the rows they change until the commit, so the check that follows sees
+    exactly the rows saved: one that was not streaming can never be again."""
     cm = coach_messages
+    ids = [reply_id for reply_id, _, _ in answers]
+    now = utcnow()
     async with db.write() as conn:
-        result = await conn.execute(
-            update(cm).where(cm.c.id == reply_id, cm.c.status == "streaming")
-            .values(text=text, deltas=deltas, heartbeat_at=utcnow()))
-    return result.rowcount > 0
+        await conn.execute(
+            update(cm).where(cm.c.id == bindparam("b_id"), cm.c.status == "streaming")
+            .values(text=bindparam("b_text"), deltas=bindparam("b_deltas"), heartbeat_at=now),
+            [{"b_id": i, "b_text": text, "b_deltas": deltas} for i, text, deltas in answers])
+        kept = await conn.execute(
+            select(cm.c.id).where(cm.c.id.in_(ids), cm.c.status == "streaming"))
+    return {row.id for row in kept}
 
 
 async def finish_answer(

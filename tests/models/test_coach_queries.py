@@ -59,6 +59,23 @@ async def test_asks_keep_working_past_the_prepared_statements_generic_plan(
     assert len(await queries.coach_history(database, "ann", limit=100)) == 24
 
 
+async def _saved(database: Database, reply_id: str, text: str, deltas: int) -> bool:
+    return reply_id in await cq.save_partials(database, [(reply_id, text, deltas)])
+
+
+async def test_one_save_covers_every_answer_and_reports_those_still_streaming(
+        database: Database) -> None:
+    _, ann, _ = await cq.begin_ask(database, "ann", "q", lease=10, per_minute=5)
+    _, bob, _ = await cq.begin_ask(database, "bob", "q", lease=10, per_minute=5)
+    assert await cq.finish_answer(database, bob["message_id"], "done", text="Done.", deltas=1)
+    kept = await cq.save_partials(database, [(ann["message_id"], "So far", 2),
+                                             (bob["message_id"], "Overwritten?", 9)])
+    assert kept == {ann["message_id"]}
+    stored = [await cq.get_answer(database, m["message_id"]) for m in (ann, bob)]
+    assert [(a["status"], a["text"]) for a in stored if a] == [("streaming", "So far"),
+                                                              ("done", "Done.")]
+
+
 async def test_asks_are_counted_over_the_last_minute(database: Database) -> None:
     for n in range(3):
         _, answer, _ = await cq.begin_ask(database, "ann", f"q{n}", lease=10, per_minute=3)
@@ -70,12 +87,12 @@ async def test_asks_are_counted_over_the_last_minute(database: Database) -> None
 async def test_an_answer_whose_lease_ran_out_is_failed_when_in_the_way(
         database: Database) -> None:
     _, dead, _ = await cq.begin_ask(database, "ann", "before", lease=10, per_minute=5)
-    assert await cq.save_partial(database, dead["message_id"], "half an", 2)
+    assert await _saved(database, dead["message_id"], "half an", 2)
     await _age(database, dead["message_id"], 11)
     _, fresh, interrupted = await cq.begin_ask(database, "ann", "after", lease=10, per_minute=5)
     assert interrupted == [{"id": dead["message_id"], "user_id": "ann",
                             "reply_to": dead["reply_to"], "text": "half an"}]
-    assert not await cq.save_partial(database, dead["message_id"], "half an answer", 3)
+    assert not await _saved(database, dead["message_id"], "half an answer", 3)
     statuses = [m["status"] for m in await queries.coach_history(database, "ann")]
     assert statuses == ["done", "failed", "done", "streaming"]
     assert fresh["status"] == "streaming"
@@ -87,7 +104,7 @@ async def test_the_sweep_fails_only_answers_whose_lease_ran_out(database: Databa
     await _age(database, dead["message_id"], 60)
     failed = await cq.fail_stale_answers(database, lease=10)
     assert [row["id"] for row in failed] == [dead["message_id"]]
-    assert await cq.save_partial(database, live["message_id"], "still here", 1)
+    assert await _saved(database, live["message_id"], "still here", 1)
     assert await cq.fail_stale_answers(database, lease=10) == []
 
 
@@ -100,7 +117,7 @@ async def test_an_answer_ends_once_whoever_ends_it(database: Database) -> None:
                      "deltas": 3}
     assert await cq.finish_answer(database, reply, "cancelled") is None
     assert await cq.cancel_elsewhere(database, reply, lease=10) is None
-    assert not await cq.save_partial(database, reply, "more", 4)
+    assert not await _saved(database, reply, "more", 4)
     with pytest.raises(ValueError):
         await cq.finish_answer(database, reply, "streaming")
     stored = await cq.get_answer(database, reply)
@@ -111,10 +128,10 @@ async def test_a_cancel_from_another_node_is_announced_once_by_the_streaming_nod
         database: Database) -> None:
     _, answer, _ = await cq.begin_ask(database, "ann", "q", lease=10, per_minute=5)
     reply = answer["message_id"]
-    assert await cq.save_partial(database, reply, "Par", 1)
+    assert await _saved(database, reply, "Par", 1)
     cancelled = await cq.cancel_elsewhere(database, reply, lease=10)
     assert cancelled == {"reply_to": answer["reply_to"], "text": "Par", "announce": False}
-    assert not await cq.save_partial(database, reply, "Partial", 2)
+    assert not await _saved(database, reply, "Partial", 2)
     assert await cq.settle_cancel(database, reply, "Partial", 2)
     assert not await cq.settle_cancel(database, reply, "Partial", 2)
     stored = await cq.get_answer(database, reply)
