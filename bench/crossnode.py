@@ -61,14 +61,22 @@ from fanout import (
 )
 from loadgen import PHASES
 from publisher import Publisher, publish_phase
-from servers import BENCH_DIR, REPO_ROOT, ServerProcess, free_port, pinned, start_hub, wait_healthy
+from servers import (
+    BENCH_DIR,
+    REPO_ROOT,
+    ServerProcess,
+    free_port,
+    pinned,
+    start_hub,
+    start_redis,
+    wait_healthy,
+)
 
 DEPLOYMENTS = ("hub", "hub+redis", "hub x2", "baseline", "broadcaster x2")
 SINGLE, CROSS, PEER = "hub", "hub x2", "broadcaster x2"
 FIXED = PHASES.index("fixed")
 TARGET_P99_RATIO = 1.5
 TARGET_PEER_RATIO = 3.0
-REDIS_START_TIMEOUT = 15.0
 IGNORED_COMMANDS = {"cmdstat_info"}
 """The benchmark's own `INFO` calls."""
 
@@ -116,29 +124,6 @@ class Deployment:
         cpu = self.redis_client.info("cpu")
         counters["cpu_s"] = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
         return counters
-
-
-def start_redis(core: int) -> tuple[ServerProcess, redis.Redis]:
-    """A private redis-server on a free port, no persistence, pinned to `core`."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise RuntimeError("redis-server (Redis 7) is needed for the Redis deployments")
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="crossnode-redis-"))
-    command = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", str(workdir)]
-    server = _launch("redis", pinned(command, core), port, dict(os.environ), workdir)
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + REDIS_START_TIMEOUT
-    while True:
-        try:
-            client.ping()
-            return server, client
-        except redis.ConnectionError:
-            if server.process.poll() is not None or time.monotonic() > deadline:
-                server.stop()
-                raise RuntimeError(f"redis-server did not start:\n{server.log_tail()}") from None
-            time.sleep(0.05)
 
 
 def start_broadcaster(core: int, redis_url: str) -> ServerProcess:

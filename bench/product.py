@@ -12,6 +12,11 @@ against their slots: a saturated load core shows here), events not acknowledged,
 but never delivered, duplicates, CPU of the hub, this process and PostgreSQL, hub RSS, and
 whether every acknowledged event is stored exactly once.
 
+Two nodes (`--nodes 2`): the same load on two hub processes sharing the hub's core, on a
+private Redis: devices connect to node 1, trainers to node 2, so every delivery a trainer
+gets crossed Redis. The hub's CPU and RSS are both nodes'; its histograms are node 1's (where
+every publish and commit happens).
+
 Storm (`--storm N`): the same load at a smaller size runs as the live sessions; then N clients
 connect at once, as when a node dies and its clients come to this one. `--storm-users known`
 (their users exist in the database before the hub starts) or `new` (first connect ever).
@@ -20,6 +25,7 @@ codes, error replies, client timeouts, refused sockets; retried as the SDKs do, 
 backoff), hub RSS per connection, and the live sessions' ack latency before, during and after.
 
 Run: `.venv/bin/python bench/product.py --rate 5000 --json product.json`,
+`.venv/bin/python bench/product.py --rate 5000 --nodes 2`,
 `.venv/bin/python bench/product.py --storm 19000 --storm-users known`, or `--quick`.
 """
 
@@ -42,7 +48,6 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -52,7 +57,7 @@ from ingest import DEFAULT_ADMIN_URL, MeasuredCpu, environment, fresh_database, 
 from ingest import verify as verify_stored
 from procstat import process_tree, rss_kib
 from product_clients import Ledger, OpenLoopFleet, Watcher, storm_worker
-from servers import ServerProcess, start_hub, wait_healthy
+from servers import ServerProcess, start_hub, start_redis, wait_healthy
 
 from hub import auth
 from models.db import Database
@@ -66,15 +71,43 @@ CONNECT_CONCURRENCY = 50
 
 @contextlib.contextmanager
 def running_hub(database_url: str, settings: dict[str, str]) -> Iterator[ServerProcess]:
-    server = start_hub(SERVER_CORE, database_url, settings)
-    try:
-        wait_healthy(server)
+    with running_nodes(1, database_url, settings) as (server,):
         yield server
+
+
+@contextlib.contextmanager
+def running_nodes(
+    count: int, database_url: str, settings: dict[str, str]
+) -> Iterator[list[ServerProcess]]:
+    """`count` hub nodes on the hub's core with one secret and one database; two or more share
+    a private Redis (on the same core). The first migrates the database before the others
+    start."""
+    nodes: list[ServerProcess] = []
+    redis_server: ServerProcess | None = None
+    try:
+        shared = dict(settings)
+        if count > 1:
+            redis_server, _ = start_redis(SERVER_CORE)
+            shared.update(HUB_REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/0",
+                          HUB_REDIS_PREFIX="product",
+                          HUB_JWT_SECRET=secrets.token_urlsafe(32),
+                          HUB_API_KEY=secrets.token_urlsafe(24))
+        for _ in range(count):
+            node = start_hub(SERVER_CORE, database_url, shared)
+            if count > 1:
+                node.jwt_secret, node.api_key = shared["HUB_JWT_SECRET"], shared["HUB_API_KEY"]
+            nodes.append(node)
+            wait_healthy(node)
+        yield nodes
     except BaseException:
-        print(f"hub log, last lines:\n{server.log_tail()}", file=sys.stderr)
+        for node in nodes:
+            print(f"{node.name} log, last lines:\n{node.log_tail()}", file=sys.stderr)
         raise
     finally:
-        server.stop()
+        for node in nodes:
+            node.stop()
+        if redis_server is not None:
+            redis_server.stop()
 
 
 async def migrate(url: str, users: list[str]) -> None:
@@ -109,12 +142,13 @@ async def link_trainers(url: str, links: list[tuple[str, str]]) -> None:
 
 @contextlib.asynccontextmanager
 async def live_load(
-    server: ServerProcess, url: str, args: argparse.Namespace, ledger: Ledger
+    server: ServerProcess, url: str, args: argparse.Namespace, ledger: Ledger,
+    trainers_on: ServerProcess | None = None,
 ) -> AsyncIterator[OpenLoopFleet]:
-    """Devices connected with their sessions started, trainers linked and subscribed."""
+    """Devices connected to `server` with their sessions started, trainers linked and
+    subscribed, on `trainers_on` (by default the same node)."""
     ws_url = f"ws://127.0.0.1:{server.port}/connection/websocket"
-    parts = urlsplit(ws_url)
-    where = (parts.hostname or "", parts.port or 80, parts.path)
+    where = ("127.0.0.1", (trainers_on or server).port, "/connection/websocket")
 
     def device_token(athlete: str, device: str) -> str:
         return str(auth.mint(server.jwt_secret, athlete, "device", device=device))
@@ -150,16 +184,20 @@ async def live_load(
 
 
 class RssPeak:
-    """The hub's resident memory, sampled every 0.5 s while `async with` lasts."""
+    """The hub's resident memory (all its nodes'), sampled every 0.5 s while `async with`
+    lasts."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    def __init__(self, *pids: int) -> None:
+        self.pids = pids
         self.peak_kib = 0
         self._task: asyncio.Task[None] | None = None
 
+    def _now(self) -> int:
+        return sum(rss_kib(pid) for pid in self.pids)
+
     async def _sample(self) -> None:
         while True:
-            self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+            self.peak_kib = max(self.peak_kib, self._now())
             await asyncio.sleep(0.5)
 
     async def __aenter__(self) -> Self:
@@ -171,7 +209,7 @@ class RssPeak:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+        self.peak_kib = max(self.peak_kib, self._now())
 
 
 @contextlib.contextmanager
@@ -208,8 +246,10 @@ async def drain(ledger: Ledger, seconds: float) -> float:
     return round(time.perf_counter() - start, 3)
 
 
-def cpu_groups(server: ServerProcess) -> dict[str, list[int]]:
-    return {"hub": process_tree(server.pid), "load": [os.getpid()], "postgres": postgres_pids()}
+def cpu_groups(*nodes: ServerProcess) -> dict[str, list[int]]:
+    """The hub is every node's process tree; Redis, when there is one, counts as other."""
+    hub = [pid for node in nodes for pid in process_tree(node.pid)]
+    return {"hub": hub, "load": [os.getpid()], "postgres": postgres_pids()}
 
 
 # -- the hub's own histograms -----------------------------------------------------------
@@ -274,8 +314,9 @@ def histogram_window(
 async def bench_load(args: argparse.Namespace) -> dict[str, Any]:
     ledger = Ledger()
     async with fresh_database(args.postgres, "product") as url:
-        with running_hub(url, args.hub_settings) as server:
-            async with live_load(server, url, args, ledger) as fleet:
+        with running_nodes(args.nodes, url, args.hub_settings) as nodes:
+            server = nodes[0]
+            async with live_load(server, url, args, ledger, trainers_on=nodes[-1]) as fleet:
                 rate = args.rate / args.athletes
                 start = time.perf_counter() + 0.2
                 measured = start + args.warmup_seconds
@@ -283,8 +324,8 @@ async def bench_load(args: argparse.Namespace) -> dict[str, Any]:
                 fleet.schedule(ledger, rate=rate, jitter=args.jitter, start=start, end=end)
                 await wait_until(measured)
                 buckets = await asyncio.to_thread(scrape_buckets, server)
-                async with RssPeak(server.pid) as rss:
-                    window = MeasuredCpu(cpu_groups(server))
+                async with RssPeak(*(node.pid for node in nodes)) as rss:
+                    window = MeasuredCpu(cpu_groups(*nodes))
                     with py_spy(server.pid, args.py_spy_seconds or args.seconds, args.py_spy):
                         await wait_until(end)
                         cpu, others = window.stop()
@@ -518,6 +559,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "window before the storm")
     parser.add_argument("--warmup-seconds", type=float, help="default 3, quick 1")
     parser.add_argument("--drain-seconds", type=float, default=10.0)
+    parser.add_argument("--nodes", type=int, choices=(1, 2), default=1,
+                        help="2: two nodes on a private Redis, devices on one, trainers on the "
+                        "other (load mode)")
     parser.add_argument("--storm", type=int, default=0, help="clients connecting at once")
     parser.add_argument("--storm-users", choices=("known", "new"), default="known")
     parser.add_argument("--storm-timeout", type=float, default=10.0,
@@ -539,6 +583,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke test: small and short")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
+    if args.storm and args.nodes != 1:
+        parser.error("--storm runs on one node")
     small = args.quick or args.storm
     args.rate = args.rate or (500.0 if small else 5000.0)
     args.athletes = args.athletes or (100 if small else 1000)
@@ -561,8 +607,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{args.rate:g} events/s over {args.athletes} athletes", flush=True)
         result = await bench_storm(args)
     else:
+        where = "one node" if args.nodes == 1 else f"{args.nodes} nodes on Redis"
         print(f"[load] {args.rate:g} events/s offered over {args.athletes} athletes, "
-              f"{args.trainers} trainers, {args.seconds:g} s measured", flush=True)
+              f"{args.trainers} trainers, {args.seconds:g} s measured, {where}", flush=True)
         result = await bench_load(args)
     return {"background_busy_percent": background, **result}
 

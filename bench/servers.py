@@ -21,10 +21,12 @@ from pathlib import Path
 
 import httpx
 import jwt
+import redis
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 HEALTH_TIMEOUT = 30.0
+REDIS_START_TIMEOUT = 15.0
 
 
 @dataclass
@@ -135,6 +137,28 @@ def start_hub(
     server = _launch("hub", pinned(command, core), port, env)
     server.jwt_secret, server.api_key = secret, api_key
     return server
+
+
+def start_redis(core: int) -> tuple[ServerProcess, redis.Redis]:
+    """A private redis-server on a free port, no persistence, pinned to `core`."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise RuntimeError("redis-server (Redis 7) is needed for the Redis deployments")
+    port = free_port()
+    command = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no"]
+    server = _launch("redis", pinned(command, core), port, dict(os.environ))
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + REDIS_START_TIMEOUT
+    while True:
+        try:
+            client.ping()
+            return server, client
+        except redis.ConnectionError:
+            if server.process.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"redis-server did not start:\n{server.log_tail()}") from None
+            time.sleep(0.05)
 
 
 def _launch(name: str, command: list[str], port: int, env: dict[str, str]) -> ServerProcess:

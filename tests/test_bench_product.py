@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +16,8 @@ from tests.test_simulator import device_tokens
 # bench/ is a directory of scripts, not a package; its modules import each other by name.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from product_clients import Ledger, OpenLoopFleet, StormClient, StormTally, Watcher
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def test_open_loop_events_are_acked_once_and_reach_the_watching_trainer(
@@ -65,3 +69,25 @@ async def test_a_storm_connects_everyone_and_counts_refusals_by_close_code(
     assert summary["connected"] == 30 and summary["gave_up"] == 1
     assert summary["errors"] == {"close 3500": 1}  # an invalid token is terminal: no retry
     assert summary["all_connected_s"] is None
+
+
+def test_the_product_bench_on_two_nodes_delivers_every_event_across_redis(
+    tmp_path: Path,
+) -> None:
+    """Devices on node 1, trainers on node 2: each delivery crossed a private Redis. Nothing
+    here reads a rate or a latency."""
+    report = tmp_path / "product.json"
+    done = subprocess.run(
+        [sys.executable, "bench/product.py", "--quick", "--nodes", "2", "--athletes", "20",
+         "--trainers", "4", "--clients-per-trainer", "5", "--rate", "100",
+         "--quiet-wait-seconds", "0", "--json", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(report.read_text())
+    assert document["config"]["nodes"] == 2
+    run, check = document["result"]["run"], document["result"]["check"]
+    assert run["sent"] > 0 and run["sent"] == run["acked"] == run["delivered"]
+    assert run["not_acked"] == run["acked_not_delivered"] == 0
+    assert check["ok"] is True
+    assert "2 nodes on Redis" in done.stdout
