@@ -89,6 +89,7 @@ class Client:
         self.opcode = OP_BINARY if codec.binary else OP_TEXT
         self.id = uuid.uuid4().hex
         self.state = CONNECTING
+        node.connecting += 1
         self.identity: auth.Identity | None = None
         self.principal = Principal(user="", role="")
         self.subs: dict[str, Subscription] = {}
@@ -249,6 +250,8 @@ class Client:
         if self.state == CLOSED:
             return
         was_connected = self.state == CONNECTED
+        if self.state == CONNECTING:
+            self.node.connecting -= 1
         self.state = CLOSED
         if self._timer is not None:
             self._timer.cancel()
@@ -348,6 +351,7 @@ class Client:
         if self.state == CLOSED:
             return {}
         self.state = CONNECTED
+        self.node.connecting -= 1
         self.node.register_client(self)
         self._schedule_ping(first=True)
         # Rounded up: centrifuge-js answers pings only when `ping` is above 0.

@@ -44,6 +44,11 @@ class Settings:
     pong_timeout: float = 10.0
     connect_timeout: float = 15.0
     """A socket that has not sent `connect` by then is closed as stale (3502)."""
+    max_connecting: int = 1000
+    """Connections accepted but not yet answered their `connect`, beyond which new WebSocket
+    handshakes are refused at once with 503 (the SDKs reconnect with jittered backoff): in a
+    reconnect storm, the work a node has queued stays what it can answer within seconds,
+    instead of every client waiting out its timeout."""
     expired_close_delay: float = 25.0
     """Grace after a connection token's `exp` for the client's refresh to arrive."""
 

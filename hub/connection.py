@@ -54,6 +54,30 @@ _CLOSE_TIMEOUT = 2.0
 _SUBPROTOCOLS = [Subprotocol(name) for name in SUBPROTOCOLS]
 _BETWEEN_FRAMES = StreamReader.at_eof.__code__
 """Where websockets' parser waits for the first byte of the next frame."""
+_BUSY_TEXT = b"this node is busy; connect again later\n"
+_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                  b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+                  + str(len(_BUSY_TEXT)).encode() + b"\r\n\r\n" + _BUSY_TEXT)
+_BUSY_LOG_INTERVAL = 10.0
+
+
+class _BusyNotice:
+    """Logs busy refusals at most every `_BUSY_LOG_INTERVAL` seconds: a storm refuses
+    thousands a second, each counted in `fitsync_handshakes_refused_busy`."""
+
+    def __init__(self) -> None:
+        self.unlogged = 0
+        self.logged_at = float("-inf")
+
+    def refused(self, now: float, waiting: int) -> None:
+        self.unlogged += 1
+        if now - self.logged_at >= _BUSY_LOG_INTERVAL:
+            log.warning("refused %d WebSocket handshakes with 503: %d connections are waiting "
+                        "for their connect reply (HUB_MAX_CONNECTING)", self.unlogged, waiting)
+            self.unlogged, self.logged_at = 0, now
+
+
+_busy_notice = _BusyNotice()
 
 
 def server_protocol(max_size: int) -> ServerProtocol:
@@ -129,14 +153,19 @@ class HubWebSocketProtocol(asyncio.Protocol):
         self.client: Client | None = None
         self._fragments: list[bytes] = []
         self._close_timer: asyncio.TimerHandle | None = None
+        self._refused = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.connections.add(self)
+        if self.node.connecting >= self.node.settings.max_connecting:
+            self._refuse_busy()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         if self.client is not None and at_frame_boundary(self.ws):
             data = take_data_frames(self.ws, data, self.node.settings.max_frame_bytes,
                                     self.client.on_frame)
@@ -231,6 +260,16 @@ class HubWebSocketProtocol(asyncio.Protocol):
         self.writer = Writer(self.transport, self.node.flusher, codec.join,
                              self.node.settings.write_buffer_bytes, self._on_slow)
         self.client = Client(self.node, cast(Transport, self), index, codec)  # writer is set
+
+    def _refuse_busy(self) -> None:
+        """Too many connections wait for their connect reply: 503 before a byte of the request
+        is parsed, the cheapest answer that makes the client back off and come again."""
+        assert self.transport is not None
+        self._refused = True
+        self.node.metrics.handshakes_refused_busy.inc()
+        _busy_notice.refused(self.node.loop.time(), self.node.connecting)
+        self.transport.write(_BUSY_RESPONSE)
+        self.transport.close()
 
     def _reject(self, status: int, text: str) -> None:
         self.ws.send_response(self.ws.reject(status, text))

@@ -91,6 +91,11 @@ class Metrics:
             "fitsync_gc_pause_seconds", "Garbage-collector pauses of the event loop, by generation",
             ["generation"], buckets=STALL_BUCKETS, registry=r,
         )
+        self.handshakes_refused_busy = Counter(
+            "fitsync_handshakes_refused_busy",
+            "WebSocket handshakes answered 503 because HUB_MAX_CONNECTING connections were "
+            "still waiting for their connect reply", registry=r,
+        )
         self.connections = Gauge("fitsync_connections", "Open client connections", registry=r)
         self.subscriptions = Gauge(
             "fitsync_subscriptions", "Channel subscriptions on this node", registry=r

@@ -54,6 +54,8 @@ class Node:
         self.registry = Registry()
         self.clients: dict[str, dict[Client, None]] = {}
         """Connected clients by user id, for server-side unsubscribe and disconnect."""
+        self.connecting = 0
+        """Clients whose socket is open but whose connect is not answered yet."""
         self.loop = asyncio.get_running_loop()
         self.flusher = Flusher(self.loop)
         self._background: set[asyncio.Task[None]] = set()

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from websockets.exceptions import InvalidStatus
 
 from models import queries
 from models.db import Database
@@ -239,3 +240,27 @@ async def test_a_connect_the_database_delays_is_answered_not_closed_as_stale(
 
     assert reply["error"]["code"] == TEMPORARY_ERROR and reply["error"]["temporary"] is True
     assert await client.close_code(timeout=5) == 3502  # it did not retry: now it is stale
+
+
+async def test_handshakes_beyond_the_connects_waiting_are_refused_503_until_one_is_answered(
+    make_hub: MakeHub, raw: OpenRaw, sdk: OpenSdk
+) -> None:
+    """A node whose queue of unanswered connects is full answers new handshakes at once with
+    503, which the SDKs meet with a jittered reconnect; answering a connect makes room."""
+    hub = await make_hub(max_connecting=2)
+    waiting = [await raw(hub), await raw(hub)]  # sockets open, no connect sent yet
+
+    with pytest.raises(InvalidStatus) as refused:
+        await raw(hub)
+    assert refused.value.response.status_code == 503
+    assert b"busy" in refused.value.response.body
+    assert hub.node.metrics.handshakes_refused_busy._value.get() == 1
+    _, events = await sdk(hub, hub.token("cy"), ready=False, min_reconnect_delay=0.05,
+                          max_reconnect_delay=0.2)
+    await eventually(lambda: hub.node.metrics.handshakes_refused_busy._value.get() >= 2)
+    assert not events.named("connected")  # refused, and retrying
+
+    await waiting[0].connect(hub.token("ann"))  # answered: room for one
+    await eventually(lambda: events.named("connected"), timeout=10)
+    await waiting[1].close()
+    await eventually(lambda: hub.node.connecting == 0)
