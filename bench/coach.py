@@ -13,7 +13,9 @@ Reported per window:
   read the delta holding it (p50 / p99 / max, and p99 beyond the window);
 - publications per answer (deltas), tokens per answer, and the most deltas of one answer a
   subscriber first read within any one window (1: at most one publication per window; the
-  hub spaces them by the window, a reader that falls behind reads two in one go);
+  hub spaces them by the window, a reader that falls behind reads two in one go), and the
+  closest two consecutive deltas of one answer by their publication times, the hub's own
+  clock in whole ms (at least the window less 1 ms: never two publications in one window);
 - hub CPU per answer (ms of core time) and the hub core's load;
 - the live session's acknowledgement latency during the coach load and, first, alone.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -121,7 +124,8 @@ class Connection:
                 if future is not None and not future.done():
                     future.set_result(reply)
                 elif "push" in reply and "pub" in reply["push"] and self._on_pub is not None:
-                    self._on_pub(reply["push"]["pub"]["data"], now_ns)
+                    pub = reply["push"]["pub"]
+                    self._on_pub(pub["data"], now_ns, pub.get("time", 0))
 
     def close(self) -> None:
         if self.client is not None:
@@ -130,17 +134,20 @@ class Connection:
 
 @dataclass
 class Received:
-    """What the watchers of all answers read: per reply id, (index, text, read time ns)."""
+    """What the watchers of all answers read: per reply id, (index, text, read time ns), and
+    each delta's publication time by the hub's clock (ms), by reply id and index."""
 
     deltas: dict[str, list[tuple[int, str, int]]] = field(default_factory=dict)
+    published_ms: dict[str, dict[int, int]] = field(default_factory=dict)
     finished: dict[str, int] = field(default_factory=dict)
     """Terminal publications read, per reply id (one per watcher)."""
 
-    def on_pub(self, data: dict[str, Any], now_ns: int) -> None:
+    def on_pub(self, data: dict[str, Any], now_ns: int, published_ms: int) -> None:
         kind = data.get("type")
         if kind == "delta":
             self.deltas.setdefault(data["reply_id"], []).append(
                 (data["index"], data["text"], now_ns))
+            self.published_ms.setdefault(data["reply_id"], {})[data["index"]] = published_ms
         elif kind in ("done", "error", "cancelled"):
             self.finished[data["reply_id"]] = self.finished.get(data["reply_id"], 0) + 1
 
@@ -285,6 +292,7 @@ def report(args: argparse.Namespace, window_ms: float, received: Received,
     latencies: list[float] = []
     per_answer: list[int] = []
     crowded = 0
+    closest_ms: float = float("inf")
     window_ns = window_ms * 1e6
     for reply_id, athlete in asked.items():
         seen = sorted(received.deltas.get(reply_id, []), key=lambda d: (d[0], d[2]))
@@ -306,6 +314,9 @@ def report(args: argparse.Namespace, window_ms: float, received: Received,
                 if start < token_end <= end and token_no < len(sent_ns):
                     latencies.append((read_mono - sent_ns[token_no]) / 1e6)
         per_answer.append(len(offsets))
+        stamps = [t for _, t in sorted(received.published_ms.get(reply_id, {}).items())]
+        if all(stamps):
+            closest_ms = min([closest_ms, *(b - a for a, b in itertools.pairwise(stamps))])
         first_read: dict[int, int] = {}
         for index, _, read_ns in seen:
             first_read[index] = min(read_ns, first_read.get(index, read_ns))
@@ -330,6 +341,7 @@ def report(args: argparse.Namespace, window_ms: float, received: Received,
                        "tokens_measured": len(latencies)},
         "publications_per_answer": round(statistics.mean(per_answer), 1) if per_answer else 0,
         "most_deltas_within_one_window": crowded if window_ns else None,
+        "closest_deltas_published_ms": None if closest_ms == float("inf") else closest_ms,
         "hub_cpu_ms_per_answer": round(1000 * hub_cpu_s / answers, 1),
         "hub_core_busy_percent": busy.get(f"core{SERVER_CORE}"),
         "load_core_busy_percent": busy.get(f"core{LOAD_CORE}"),
@@ -350,14 +362,16 @@ def _request_for(by_question: dict[str, dict[str, Any]], athlete: str, reply_id:
 
 
 def render(results: list[dict[str, Any]]) -> str:
-    rows = [("| window | tokens/answer | deltas/answer | most per window | added p50 / p99 / max"
-             " ms | p99 beyond window | hub CPU/answer | live ack p50/p99 alone | during |"),
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [("| window | tokens/answer | deltas/answer | most per window (read) | closest deltas"
+             " (published) | added p50 / p99 / max ms | p99 beyond window | hub CPU/answer |"
+             " live ack p50/p99 alone | during |"),
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lat, alone, during = r["latency_ms"], r["live_ack_ms_alone"], r["live_ack_ms_during"]
         rows.append(
             f"| {r['window_ms']:g} ms | {r['tokens_per_answer']} | "
             f"{r['publications_per_answer']} | {r['most_deltas_within_one_window'] or '-'} | "
+            f"{r['closest_deltas_published_ms']} ms | "
             f"{lat['p50']} / {lat['p99']} / {lat['max']} | {lat['p99_beyond_window']} | "
             f"{r['hub_cpu_ms_per_answer']} ms | {alone['p50']} / {alone['p99']} ms | "
             f"{during['p50']} / {during['p99']} ms |")

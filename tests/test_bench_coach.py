@@ -29,4 +29,7 @@ def test_the_coach_bench_streams_every_answer_to_every_watcher_and_reports(
     assert each_chunk["publications_per_answer"] == 30
     assert coalesced["publications_per_answer"] <= 30
     assert coalesced["most_deltas_within_one_window"] >= 1  # read times: a busy reader bunches
+    # By the hub's own publication times (whole ms, a timer may fire up to 1 ms early), one
+    # answer's deltas are a window apart: never two in one window, however slow the machine.
+    assert coalesced["closest_deltas_published_ms"] >= 8
     assert "| 10 ms | 30 |" in done.stdout
