@@ -23,6 +23,9 @@ connect at once, as when a node dies and its clients come to this one. `--storm-
 Reported: connects/s, time until all are connected, connect p50/p99, errors by kind (close
 codes, error replies, client timeouts, refused sockets; retried as the SDKs do, with jittered
 backoff), hub RSS per connection, and the live sessions' ack latency before, during and after.
+`--storm-server websockets` runs the same storm against `storm_baseline_server.py` instead, a
+`websockets` server that only answers connects (no token, user, subscription or database, no
+live load): the pace of the bare WebSocket and JSON work on this machine.
 
 Run: `.venv/bin/python bench/product.py --rate 5000 --json product.json`,
 `.venv/bin/python bench/product.py --rate 5000 --nodes 2`,
@@ -57,7 +60,7 @@ from ingest import DEFAULT_ADMIN_URL, MeasuredCpu, environment, fresh_database, 
 from ingest import verify as verify_stored
 from procstat import process_tree, rss_kib
 from product_clients import Ledger, OpenLoopFleet, Watcher, storm_worker
-from servers import ServerProcess, start_hub, start_redis, wait_healthy
+from servers import ServerProcess, start_hub, start_redis, start_storm_baseline, wait_healthy
 
 from hub import auth
 from models.db import Database
@@ -353,6 +356,36 @@ async def bench_load(args: argparse.Namespace) -> dict[str, Any]:
 # -- the storm ----------------------------------------------------------------------------
 
 
+async def bench_storm_baseline(args: argparse.Namespace) -> dict[str, Any]:
+    """The storm alone against the connect-only `websockets` server, on the hub's core."""
+    server = start_storm_baseline(SERVER_CORE)
+    try:
+        wait_healthy(server)
+        spec = {
+            "host": "127.0.0.1", "port": server.port, "path": "/connection/websocket",
+            "tokens": ["-"] * args.storm, "seed": secrets.token_hex(3),
+            "deadline_s": args.storm_deadline, "reply_timeout": args.storm_timeout,
+        }
+        with storm_process(spec) as (pipe, storm_pid):
+            overflows_before = listen_overflows()
+            rss_before = rss_kib(server.pid)
+            window = MeasuredCpu({"server": process_tree(server.pid), "storm_clients": [storm_pid]})
+            pipe.send("go")
+            storm: dict[str, Any] = await asyncio.get_running_loop().run_in_executor(
+                None, pipe.recv)
+            cpu, others = window.stop()
+            await asyncio.sleep(1.0)
+            connected = storm["connected"]
+            per_connection = (rss_kib(server.pid) - rss_before) / connected if connected else 0
+    finally:
+        server.stop()
+    return {"storm": storm, "storm_users": "none (no tokens checked)",
+            "listen_overflows": listen_overflows() - overflows_before,
+            "cpu_percent_storm": cpu, "busiest_other_processes": others,
+            "kib_per_connection_settled": round(per_connection, 2),
+            "check": {"ok": True}}
+
+
 async def bench_storm(args: argparse.Namespace) -> dict[str, Any]:
     ledger = Ledger()
     run_id = secrets.token_hex(3)
@@ -537,6 +570,21 @@ def render_storm(result: dict[str, Any]) -> str:
     return _table(rows)
 
 
+def render_storm_baseline(result: dict[str, Any]) -> str:
+    storm, cpu = result["storm"], result["cpu_percent_storm"]
+    return _table([
+        ("storm clients (connect-only websockets server)", f"{storm['clients']:,}"),
+        ("connected", f"{storm['connected']:,}"),
+        ("all connected after s", str(storm["all_connected_s"] or "NOT ALL")),
+        ("connects/s", f"{storm['connects_per_s']:,.0f}"),
+        ("connect ms p50 / p99 / max (from storm start)", _ms(storm["connect_ms"])),
+        ("errors", str(storm["errors"] or 0)),
+        ("kernel listen-queue overflows (SYNs dropped)", f"{result['listen_overflows']:,}"),
+        ("server KiB per connection", str(result["kib_per_connection_settled"])),
+        ("server cpu % / storm clients cpu %", f"{cpu['cpu_server']} / {cpu['cpu_storm_clients']}"),
+    ])
+
+
 def _table(rows: list[tuple[str, str]]) -> str:
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
@@ -564,6 +612,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "other (load mode)")
     parser.add_argument("--storm", type=int, default=0, help="clients connecting at once")
     parser.add_argument("--storm-users", choices=("known", "new"), default="known")
+    parser.add_argument("--storm-server", choices=("hub", "websockets"), default="hub",
+                        help="websockets: the storm alone against a connect-only baseline")
     parser.add_argument("--storm-timeout", type=float, default=10.0,
                         help="per attempt: handshake plus connect reply, as an SDK's timeout")
     parser.add_argument("--storm-deadline", type=float, default=60.0,
@@ -602,7 +652,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     background = await wait_quiet(args.quiet_wait_seconds)
-    if args.storm:
+    if args.storm and args.storm_server == "websockets":
+        print(f"[storm] {args.storm:,} clients at once against the connect-only websockets "
+              "server", flush=True)
+        result = await bench_storm_baseline(args)
+    elif args.storm:
         print(f"[storm] {args.storm:,} {args.storm_users} users at once, live load "
               f"{args.rate:g} events/s over {args.athletes} athletes", flush=True)
         result = await bench_storm(args)
@@ -623,7 +677,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; the hub was stopped and the database dropped", file=sys.stderr)
         return 130
     print()
-    print(render_storm(result) if args.storm else render_load(result))
+    if args.storm and args.storm_server == "websockets":
+        print(render_storm_baseline(result))
+    else:
+        print(render_storm(result) if args.storm else render_load(result))
     print(f"background before: {result['background_busy_percent']}")
     print(f"busiest other processes: {result['busiest_other_processes']}")
     if args.json:

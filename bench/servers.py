@@ -96,6 +96,13 @@ def start_baseline(core: int) -> ServerProcess:
     return _launch("baseline", pinned(command, core), port, dict(os.environ))
 
 
+def start_storm_baseline(core: int) -> ServerProcess:
+    """`storm_baseline_server.py`: a `websockets` server that only answers connects."""
+    port = free_port()
+    command = [sys.executable, str(BENCH_DIR / "storm_baseline_server.py"), "--port", str(port)]
+    return _launch("storm-baseline", pinned(command, core), port, dict(os.environ))
+
+
 WS_BASELINE_DIR = BENCH_DIR / "ws_baseline"
 
 

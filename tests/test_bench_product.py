@@ -91,3 +91,18 @@ def test_the_product_bench_on_two_nodes_delivers_every_event_across_redis(
     assert run["not_acked"] == run["acked_not_delivered"] == 0
     assert check["ok"] is True
     assert "2 nodes on Redis" in done.stdout
+
+
+def test_the_storm_baseline_answers_every_connect(tmp_path: Path) -> None:
+    """`--storm-server websockets`: the same storm clients against the connect-only server."""
+    report = tmp_path / "storm.json"
+    done = subprocess.run(
+        [sys.executable, "bench/product.py", "--storm", "50", "--storm-server", "websockets",
+         "--quiet-wait-seconds", "0", "--json", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    storm = json.loads(report.read_text())["result"]["storm"]
+    assert storm["connected"] == storm["clients"] == 50
+    assert not storm["errors"]
+    assert "connect-only websockets server" in done.stdout
