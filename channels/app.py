@@ -79,6 +79,9 @@ class FitSyncApplication(Application):
                 raise ReplyError(CONNECT_LATER) from None
         return [user.channel_of(who.user)]
 
+    def on_node_message(self, message: dict[str, Any]) -> None:
+        self.coach.on_node_message(message)
+
     async def rpc(self, who: Principal, method: str, data: bytes) -> bytes:
         handler = self._methods.get(method)
         if handler is None:

@@ -10,10 +10,11 @@ RPCs: `coach.ask`, `coach.cancel`, `coach.history`.
 
 Cancel across nodes: the node streaming an answer cancels it at once (its model stream is
 closed). A cancel arriving on another node ends the row as `cancelled` in the database
-(conditional, so exactly once) and answers `{"cancelled": true}`; the streaming node notices at
-its next save (within `HUB_COACH_SAVE_INTERVAL`), closes the model stream and publishes
-`cancelled` after its last delta, so the answer is still published by one task, in order. A
-node-to-node control message to the streaming node would make that immediate.
+(conditional, so exactly once), answers `{"cancelled": true}` and tells every node
+(`HubAPI.send_to_nodes`, `{"coach_cancelled": reply_id}`); the streaming node then reads the
+row, closes the model stream and publishes `cancelled` after its last delta, so the answer is
+still published by one task, in order. Should that message be lost (the broker down), the
+streaming node notices at its next save (within `HUB_COACH_SAVE_INTERVAL`).
 """
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ class CoachService:
         self._prompts: PromptBuilder | None = None
         self._keepers: list[asyncio.Task[None]] = []
         """The sweep of dead answers and the batched save of this node's streaming ones."""
+
+    def on_node_message(self, message: dict[str, Any]) -> None:
+        """`{"coach_cancelled": reply_id}`: an answer streaming here was cancelled through
+        another node; stop it now rather than at its next save."""
+        reply_id = message.get("coach_cancelled")
+        running = self._coach.running.get(reply_id) if self._coach and reply_id else None
+        if running is not None and running.streaming and not self.background.draining:
+            self.background.spawn(running.row_lost())
 
     @property
     def coach(self) -> Coach:
@@ -197,6 +206,12 @@ async def cancel(service: CoachService, ctx: Context, who: Principal,
     if ended["announce"]:
         await coach.publish(who.user, {"type": "cancelled", "reply_id": reply_id,
                                        "message_id": ended["reply_to"], "text": ended["text"]})
+    else:
+        try:
+            await ctx.hub.send_to_nodes({"coach_cancelled": reply_id})
+        except Exception:  # the streaming node still stops at its next save
+            log.warning("could not tell the nodes answer %s was cancelled", reply_id,
+                        exc_info=True)
     return {"cancelled": True}
 
 

@@ -283,11 +283,18 @@ class Node:
         end with a server unsubscribe (2000)."""
         await self.broker.publish_control(control.encode(control.RecheckUser(user)))
 
+    async def send_to_nodes(self, message: dict[str, Any]) -> None:
+        """Hand `message` to the application of every node, this one included."""
+        await self.broker.publish_control(control.encode(control.ApplicationMessage(message)))
+
     def on_control(self, data: bytes) -> None:
         try:
             command = control.decode(data)
         except control.MalformedControl as exc:
             log.warning("%s", exc)
+            return
+        if isinstance(command, control.ApplicationMessage):
+            self.application.on_node_message(command.message)
             return
         clients = list(self.clients.get(command.user, ()))
         if isinstance(command, control.DisconnectUser):

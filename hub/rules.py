@@ -67,6 +67,11 @@ class HubAPI(Protocol):
         """Close every connection of the user, on whichever node it is."""
         ...
 
+    async def send_to_nodes(self, message: dict[str, Any]) -> None:
+        """Hand a JSON object to `Application.on_node_message` on every node, this one
+        included (through the broker: at most once each, lost if the broker is down)."""
+        ...
+
 
 class BackgroundWork:
     """Tasks an application starts that outlive the command that started them (a streamed
@@ -158,6 +163,10 @@ class Application(ABC):
         """The node is stopping: let background work finish (see `BackgroundWork`). Called
         after clients were told to reconnect and before `close`; the broker still publishes,
         so other nodes' subscribers keep receiving. Bounded by the application's own grace."""
+
+    def on_node_message(self, message: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """A message of `HubAPI.send_to_nodes`, from any node. Runs on the event loop: start
+        a task for anything that waits."""
 
     async def ready(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise when a dependency (the database) is unreachable; used by /readyz."""

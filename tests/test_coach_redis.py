@@ -5,6 +5,7 @@ asked of Redis presence."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,12 +25,19 @@ SHARED_REDIS = "redis://127.0.0.1:6379"
 
 @pytest.fixture
 async def two_nodes(coach_hub: CoachHub) -> AsyncIterator[list[RunningHub]]:
+    async with nodes_on_redis(coach_hub) as nodes:
+        yield nodes
+
+
+@contextlib.asynccontextmanager
+async def nodes_on_redis(coach_hub: CoachHub, **overrides: Any) -> AsyncIterator[list[RunningHub]]:
     prefix = f"fitsync-test-coach-{uuid.uuid4().hex[:10]}"
     database = await create_postgres_database()
     nodes: list[RunningHub] = []
     try:
         for _ in range(2):
-            nodes.append(await coach_hub(database, redis_url=SHARED_REDIS, redis_prefix=prefix))
+            nodes.append(await coach_hub(database, redis_url=SHARED_REDIS, redis_prefix=prefix,
+                                         **overrides))
         yield nodes
     finally:
         for node in nodes:
@@ -72,6 +80,29 @@ async def test_watchers_on_both_nodes_see_one_stream_and_a_cancel_on_either_ends
         assert events.publications()[-1] == cancelled
         assert "".join(d["text"] for d in deltas(events, second["reply_id"])) == (
             cancelled["text"])
+
+
+async def test_a_cancel_on_another_node_reaches_the_streaming_node_at_once_not_at_its_save(
+        coach_hub: CoachHub, llm: LLMServer, connect: ConnectClient) -> None:
+    """Saves a minute apart: only the node-to-node message can stop the answer in time."""
+    llm.default = Behaviour(text=" ".join(["long"] * 300), tokens_per_second=20)
+    async with nodes_on_redis(coach_hub, coach_save_interval=60.0, coach_lease=300.0) as nodes:
+        node_a, node_b = nodes
+        phone, _ = await connect("ann", target=node_a)
+        _, on_a = await subscribe(phone, "coach:ann")
+        asked = await rpc(phone, "coach.ask", {"text": "Go on"})
+        await eventually(lambda: len(deltas(on_a, asked["reply_id"])) >= 3)
+
+        laptop, _ = await connect("ann", target=node_b)
+        assert await rpc(laptop, "coach.cancel", {"reply_id": asked["reply_id"]}) == {
+            "cancelled": True}
+        cancelled = await until_terminal(on_a, asked["reply_id"], timeout=15)
+        assert cancelled["type"] == "cancelled" and on_a.publications()[-1] == cancelled
+        assert cancelled["text"] == "".join(d["text"] for d in deltas(on_a, asked["reply_id"]))
+        request = llm.requests[0]
+        await eventually(lambda: request.closed_by_client_at is not None)
+        answer = (await rpc(laptop, "coach.history"))["messages"][-1]
+        assert (answer["status"], answer["text"]) == ("cancelled", cancelled["text"])
 
 
 async def test_the_answer_is_announced_only_when_no_connection_of_the_user_watched(
