@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import centrifuge
 import pytest
 
+from tests.app_helpers import rpc, subscribe
 from tests.harness import Recorder, RunningHub, eventually
-from tests.llm_server import LLMServer
+from tests.llm_server import Behaviour, LLMServer
 
 CoachHub = Callable[..., Awaitable[RunningHub]]
 
@@ -61,3 +63,17 @@ async def until_terminal(events: Recorder, reply_id: str, timeout: float = 15) -
 
 def deltas(events: Recorder, reply_id: str) -> list[dict[str, Any]]:
     return [p for p in coach_pubs(events, reply_id) if p["type"] == "delta"]
+
+
+async def long_answer_three_deltas_in(
+    connect: Callable[..., Awaitable[tuple[centrifuge.Client, Recorder]]], llm: LLMServer,
+    node: RunningHub,
+) -> tuple[Recorder, str]:
+    """Ann on `node`, watching `coach:ann`, with a long, slow answer three deltas in: its
+    watcher's events and its reply id."""
+    llm.default = Behaviour(text=" ".join(["long"] * 300), tokens_per_second=20)
+    phone, _ = await connect("ann", target=node)
+    _, events = await subscribe(phone, "coach:ann")
+    asked = await rpc(phone, "coach.ask", {"text": "Go on"})
+    await eventually(lambda: len(deltas(events, asked["reply_id"])) >= 3)
+    return events, str(asked["reply_id"])

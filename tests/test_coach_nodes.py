@@ -15,7 +15,7 @@ from models import coach_queries
 from models.db import Database
 from models.tables import coach_messages, utcnow
 from tests.app_helpers import reply_error, rpc, subscribe
-from tests.coach_helpers import CoachHub, deltas, until_terminal
+from tests.coach_helpers import CoachHub, deltas, long_answer_three_deltas_in, until_terminal
 from tests.conftest import ConnectClient
 from tests.harness import eventually
 from tests.llm_server import Behaviour, LLMServer
@@ -64,22 +64,18 @@ async def test_of_two_asks_racing_on_two_nodes_exactly_one_wins(
 
 async def test_a_cancel_on_another_node_stops_the_answer_where_it_streams(
         coach_hub: CoachHub, llm: LLMServer, connect: ConnectClient, database_url: str) -> None:
-    llm.default = Behaviour(text=" ".join(["long"] * 300), tokens_per_second=20)
     node_a, node_b = await coach_hub(database_url), await coach_hub(database_url)
-    ann_a, _ = await connect("ann", target=node_a)
-    _, on_a = await subscribe(ann_a, "coach:ann")
-    asked = await rpc(ann_a, "coach.ask", {"text": "Go on"})
-    await eventually(lambda: len(deltas(on_a, asked["reply_id"])) >= 3)
+    on_a, reply_id = await long_answer_three_deltas_in(connect, llm, node_a)
 
     ann_b, _ = await connect("ann", target=node_b)
-    assert await rpc(ann_b, "coach.cancel", {"reply_id": asked["reply_id"]}) == {
+    assert await rpc(ann_b, "coach.cancel", {"reply_id": reply_id}) == {
         "cancelled": True}
-    assert await rpc(ann_b, "coach.cancel", {"reply_id": asked["reply_id"]}) == {
+    assert await rpc(ann_b, "coach.cancel", {"reply_id": reply_id}) == {
         "cancelled": False}
 
-    cancelled = await until_terminal(on_a, asked["reply_id"])  # node A announces it, last
+    cancelled = await until_terminal(on_a, reply_id)  # node A announces it, last
     assert cancelled["type"] == "cancelled" and on_a.publications()[-1] == cancelled
-    published = "".join(d["text"] for d in deltas(on_a, asked["reply_id"]))
+    published = "".join(d["text"] for d in deltas(on_a, reply_id))
     assert cancelled["text"] == published
     request = llm.requests[0]
     await eventually(lambda: request.closed_by_client_at is not None)

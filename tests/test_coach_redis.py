@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.app_helpers import link, reply_error, rpc, subscribe
-from tests.coach_helpers import CoachHub, deltas, until_terminal
+from tests.coach_helpers import CoachHub, deltas, long_answer_three_deltas_in, until_terminal
 from tests.conftest import ConnectClient
 from tests.db_fixtures import create_postgres_database, drop_postgres_database
 from tests.harness import RunningHub, eventually
@@ -85,20 +85,15 @@ async def test_watchers_on_both_nodes_see_one_stream_and_a_cancel_on_either_ends
 async def test_a_cancel_on_another_node_reaches_the_streaming_node_at_once_not_at_its_save(
         coach_hub: CoachHub, llm: LLMServer, connect: ConnectClient) -> None:
     """Saves a minute apart: only the node-to-node message can stop the answer in time."""
-    llm.default = Behaviour(text=" ".join(["long"] * 300), tokens_per_second=20)
     async with nodes_on_redis(coach_hub, coach_save_interval=60.0, coach_lease=300.0) as nodes:
         node_a, node_b = nodes
-        phone, _ = await connect("ann", target=node_a)
-        _, on_a = await subscribe(phone, "coach:ann")
-        asked = await rpc(phone, "coach.ask", {"text": "Go on"})
-        await eventually(lambda: len(deltas(on_a, asked["reply_id"])) >= 3)
+        on_a, reply_id = await long_answer_three_deltas_in(connect, llm, node_a)
 
         laptop, _ = await connect("ann", target=node_b)
-        assert await rpc(laptop, "coach.cancel", {"reply_id": asked["reply_id"]}) == {
-            "cancelled": True}
-        cancelled = await until_terminal(on_a, asked["reply_id"], timeout=15)
+        assert await rpc(laptop, "coach.cancel", {"reply_id": reply_id}) == {"cancelled": True}
+        cancelled = await until_terminal(on_a, reply_id, timeout=15)
         assert cancelled["type"] == "cancelled" and on_a.publications()[-1] == cancelled
-        assert cancelled["text"] == "".join(d["text"] for d in deltas(on_a, asked["reply_id"]))
+        assert cancelled["text"] == "".join(d["text"] for d in deltas(on_a, reply_id))
         request = llm.requests[0]
         await eventually(lambda: request.closed_by_client_at is not None)
         answer = (await rpc(laptop, "coach.history"))["messages"][-1]
