@@ -69,6 +69,23 @@ def test_public_key_tokens_verify(algorithm: str) -> None:
     assert (identity.user, identity.role, identity.device) == ("d-owner", "device", "watch-1")
 
 
+def test_the_public_key_is_parsed_once_and_a_wrong_one_refuses_tokens() -> None:
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    rsa_pem = rsa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 60}, rsa_key, algorithm="RS256")
+    parsed = auth._public_key.cache_info().misses
+    for _ in range(3):
+        assert auth.verify(token, Settings(jwt_public_key=rsa_pem)).user == "u1"
+    assert auth._public_key.cache_info().misses == parsed + 1
+    with pytest.raises(auth.InvalidToken):
+        auth.verify(token, Settings(jwt_public_key=ec_pem))  # signed by another key's kind
+    with pytest.raises(auth.InvalidToken, match="not a PEM public key"):
+        auth.verify(token, Settings(jwt_public_key="-----BEGIN PUBLIC KEY-----\nnope\n"))
+
+
 def test_token_command_mints_a_token_the_hub_accepts() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "hub", "token", "--sub", "a1", "--role", "device",
