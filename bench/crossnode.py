@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import uvloop
 from fanout import (
     CHANNEL,
     PhaseCpu,
@@ -54,7 +53,7 @@ from fanout import (
     connected_publisher,
     drain,
     environment,
-    prepare_process,
+    run_bench,
     summarize,
     wait_quiet,
     warn_if_shared,
@@ -452,11 +451,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    prepare_process()
-    try:
-        results = uvloop.run(run_all(args))
-    except KeyboardInterrupt:
-        print("\ninterrupted; servers and workers stopped", file=sys.stderr)
+    results = run_bench(run_all(args), "servers and workers stopped")
+    if results is None:
         return 130
     judged = verdict(results)
     print()

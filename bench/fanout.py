@@ -38,10 +38,10 @@ import subprocess
 import sys
 import time
 from array import array
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvloop
 import websockets
@@ -556,6 +556,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+T = TypeVar("T")
+
+
 def prepare_process() -> None:
     """Pin the load side to its core, allow enough sockets, turn SIGTERM into cleanup."""
     if len(os.sched_getaffinity(0)) < 2 or LOAD_CORE not in os.sched_getaffinity(0):
@@ -570,6 +573,17 @@ def prepare_process() -> None:
     signal.signal(signal.SIGTERM, interrupted)
 
 
+def run_bench(work: Coroutine[Any, Any, T], stopped: str) -> T | None:
+    """`prepare_process`, then `work` on uvloop. None after Ctrl-C or SIGTERM, once the
+    servers it started are stopped; `stopped` tells the user what was cleaned up."""
+    prepare_process()
+    try:
+        return uvloop.run(work)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; {stopped}", file=sys.stderr)
+        return None
+
+
 async def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     targets = {"all": TARGETS, "both": ("baseline", "hub")}.get(args.only, (args.only,))
     return {target: await bench_target(target, args) for target in targets}
@@ -577,11 +591,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    prepare_process()
-    try:
-        results = uvloop.run(run_all(args))
-    except KeyboardInterrupt:
-        print("\ninterrupted; servers and workers stopped", file=sys.stderr)
+    results = run_bench(run_all(args), "servers and workers stopped")
+    if results is None:
         return 130
     print()
     print(render_table(results))

@@ -53,7 +53,7 @@ from typing import Any
 
 import asyncpg
 import uvloop
-from fanout import LOAD_CORE, SERVER_CORE, prepare_process, wait_quiet
+from fanout import LOAD_CORE, SERVER_CORE, run_bench, wait_quiet
 from ingest_devices import LeanFleet
 from procstat import CpuWindow, process_tree, rss_kib
 from servers import REPO_ROOT, ServerProcess, start_hub, wait_healthy
@@ -554,11 +554,8 @@ def print_stopped(side: str, stopped: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    prepare_process()
-    try:
-        results = uvloop.run(run_all(args))
-    except KeyboardInterrupt:
-        print("\ninterrupted; the hub was stopped and the databases dropped", file=sys.stderr)
+    results = run_bench(run_all(args), "the hub was stopped and the databases dropped")
+    if results is None:
         return 130
     found = verdict(results)
     print()

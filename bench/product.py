@@ -54,8 +54,7 @@ from typing import Any, Self
 
 import asyncpg
 import httpx
-import uvloop
-from fanout import SERVER_CORE, prepare_process, wait_quiet
+from fanout import SERVER_CORE, run_bench, wait_quiet
 from ingest import DEFAULT_ADMIN_URL, MeasuredCpu, environment, fresh_database, postgres_pids
 from ingest import verify as verify_stored
 from procstat import process_tree, rss_kib
@@ -670,11 +669,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    prepare_process()
-    try:
-        result = uvloop.run(run(args))
-    except KeyboardInterrupt:
-        print("\ninterrupted; the hub was stopped and the database dropped", file=sys.stderr)
+    result = run_bench(run(args), "the hub was stopped and the database dropped")
+    if result is None:
         return 130
     print()
     if args.storm and args.storm_server == "websockets":
