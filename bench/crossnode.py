@@ -57,6 +57,7 @@ from fanout import (
     summarize,
     wait_quiet,
     warn_if_shared,
+    write_report,
 )
 from loadgen import PHASES
 from publisher import Publisher, publish_phase
@@ -463,9 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         document = {"config": {k: v for k, v in vars(args).items() if k != "json"},
                     "environment": environment(), "repository": str(REPO_ROOT),
                     "results": results, "verdict": judged}
-        with open(args.json, "w") as out:
-            json.dump(document, out, indent=2)
-        print(f"\nwrote {args.json}")
+        write_report(args.json, document)
     return 0
 
 

@@ -584,6 +584,12 @@ def run_bench(work: Coroutine[Any, Any, T], stopped: str) -> T | None:
         return None
 
 
+def write_report(path: str, document: dict[str, Any]) -> None:
+    """The run's JSON document, as every bench writes it for `--json`."""
+    Path(path).write_text(json.dumps(document, indent=2))
+    print(f"\nwrote {path}")
+
+
 async def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     targets = {"all": TARGETS, "both": ("baseline", "hub")}.get(args.only, (args.only,))
     return {target: await bench_target(target, args) for target in targets}
@@ -604,9 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratios_hub_over_baseline": ratios(results, "baseline"),
             "ratios_hub_over_ws": ratios(results, "ws"),
         }
-        with open(args.json, "w") as out:
-            json.dump(document, out, indent=2)
-        print(f"\nwrote {args.json}")
+        write_report(args.json, document)
     return 0
 
 

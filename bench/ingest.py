@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import random
@@ -53,7 +52,7 @@ from typing import Any
 
 import asyncpg
 import uvloop
-from fanout import LOAD_CORE, SERVER_CORE, run_bench, wait_quiet
+from fanout import LOAD_CORE, SERVER_CORE, run_bench, wait_quiet, write_report
 from ingest_devices import LeanFleet
 from procstat import CpuWindow, process_tree, rss_kib
 from servers import REPO_ROOT, ServerProcess, start_hub, wait_healthy
@@ -572,8 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": results,
             "verdict": found,
         }
-        Path(args.json).write_text(json.dumps(document, indent=2))
-        print(f"\nwrote {args.json}")
+        write_report(args.json, document)
     return 0 if found["all_checks_ok"] else 1
 
 

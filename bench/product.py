@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import multiprocessing
 import os
 import re
@@ -54,7 +53,7 @@ from typing import Any, Self
 
 import asyncpg
 import httpx
-from fanout import SERVER_CORE, run_bench, wait_quiet
+from fanout import SERVER_CORE, run_bench, wait_quiet, write_report
 from ingest import DEFAULT_ADMIN_URL, MeasuredCpu, environment, fresh_database, postgres_pids
 from ingest import verify as verify_stored
 from procstat import process_tree, rss_kib
@@ -685,8 +684,7 @@ def main(argv: list[str] | None = None) -> int:
             "environment": environment(),
             "result": result,
         }
-        Path(args.json).write_text(json.dumps(document, indent=2))
-        print(f"\nwrote {args.json}")
+        write_report(args.json, document)
     return 0 if result["check"]["ok"] else 1
 
 
