@@ -50,6 +50,7 @@ from fanout import (
     CHANNEL,
     PhaseCpu,
     WorkerPool,
+    add_load_options,
     connected_publisher,
     drain,
     environment,
@@ -417,13 +418,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(DEPLOYMENTS),
                         help=f"comma-separated, of: {', '.join(DEPLOYMENTS)}")
-    parser.add_argument("--subscribers", type=int, help="default 1000 (200 with --quick)")
-    parser.add_argument("--rate", type=float, default=10.0, help="publications/s, fixed phase")
-    parser.add_argument("--fixed-seconds", type=float, help="default 10 (3 with --quick)")
-    parser.add_argument("--max-seconds", type=float, help="default 5 (3 with --quick)")
-    parser.add_argument("--payload-bytes", type=int, default=200)
-    parser.add_argument("--max-inflight", type=int, default=16, help="publishes outstanding")
-    parser.add_argument("--workers", type=int, default=2, help="subscriber processes (core 1)")
+    add_load_options(parser)
     parser.add_argument("--node-cores", default="0", help="cores the nodes are pinned to, "
                         "round-robin (default: all on core 0)")
     parser.add_argument("--redis-core", type=int, default=0)

@@ -526,6 +526,17 @@ def _ws_version() -> str:
     return str(json.loads(manifest.read_text())["version"]) if manifest.exists() else ""
 
 
+def add_load_options(parser: argparse.ArgumentParser) -> None:
+    """The fan-out load's shape, shared with bench/crossnode.py (which runs the same load)."""
+    parser.add_argument("--subscribers", type=int, help="default 1000 (200 with --quick)")
+    parser.add_argument("--rate", type=float, default=10.0, help="publications/s, fixed phase")
+    parser.add_argument("--fixed-seconds", type=float, help="default 10 (3 with --quick)")
+    parser.add_argument("--max-seconds", type=float, help="default 5 (3 with --quick)")
+    parser.add_argument("--payload-bytes", type=int, default=200)
+    parser.add_argument("--max-inflight", type=int, default=16, help="publishes outstanding")
+    parser.add_argument("--workers", type=int, default=2, help="subscriber processes (core 1)")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -534,13 +545,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="all",
         help="all: websockets baseline, ws baseline and hub; both: websockets baseline and hub",
     )
-    parser.add_argument("--subscribers", type=int, help="default 1000 (200 with --quick)")
-    parser.add_argument("--rate", type=float, default=10.0, help="publications/s, fixed phase")
-    parser.add_argument("--fixed-seconds", type=float, help="default 10 (3 with --quick)")
-    parser.add_argument("--max-seconds", type=float, help="default 5 (3 with --quick)")
-    parser.add_argument("--payload-bytes", type=int, default=200)
-    parser.add_argument("--max-inflight", type=int, default=16, help="publishes outstanding")
-    parser.add_argument("--workers", type=int, default=2, help="subscriber processes (core 1)")
+    add_load_options(parser)
     parser.add_argument("--settle-seconds", type=float, default=2.0, help="before idle RSS")
     parser.add_argument("--drain-seconds", type=float, default=60.0, help="max wait per phase")
     parser.add_argument(
