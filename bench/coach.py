@@ -10,7 +10,10 @@ to core 0, everything else to core 1. It runs once per coalescing window in `--w
 
 Reported per window:
 - added latency: from the moment the model server wrote a token to the moment a subscriber
-  read the delta holding it (p50 / p99 / max, and p99 beyond the window);
+  read the delta holding it (p50 / p99 / max, and p99 beyond the window), the p99 of each
+  answer's first tenth of tokens (they stream while the round's asks are handled), and the
+  same from the model's write to the hub's publication of the delta (the hub's clock, whole
+  ms: without the subscribers' own delay on the load core);
 - publications per answer (deltas), tokens per answer, and the most deltas of one answer a
   subscriber first read within any one window (1: at most one publication per window; the
   hub spaces them by the window, a reader that falls behind reads two in one go), and the
@@ -290,6 +293,10 @@ def report(args: argparse.Namespace, window_ms: float, received: Received,
         position += len(token)
         ends.append(position)
     latencies: list[float] = []
+    first_tenth: list[float] = []
+    """The first tenth of each answer's tokens: they stream while the round's asks are handled."""
+    to_publication: list[float] = []
+    """From the model's write to the hub's publication (its clock, whole ms): no reader's delay."""
     per_answer: list[int] = []
     crowded = 0
     closest_ms: float = float("inf")
@@ -300,6 +307,7 @@ def report(args: argparse.Namespace, window_ms: float, received: Received,
         if request is None:
             continue
         sent_ns = [t * 1e9 for t in request["token_times"]]
+        published_ms = received.published_ms.get(reply_id, {})
         # One copy per watcher: group by index, each index read `watchers` times.
         offsets: dict[int, int] = {}
         chars = 0
@@ -312,7 +320,13 @@ def report(args: argparse.Namespace, window_ms: float, received: Received,
             read_mono = read_ns + mono_minus_wall_ns
             for token_no, token_end in enumerate(ends):
                 if start < token_end <= end and token_no < len(sent_ns):
-                    latencies.append((read_mono - sent_ns[token_no]) / 1e6)
+                    latency = (read_mono - sent_ns[token_no]) / 1e6
+                    latencies.append(latency)
+                    if token_no < len(ends) // 10:
+                        first_tenth.append(latency)
+                    if published_ms.get(index):
+                        published_mono = published_ms[index] * 1e6 + mono_minus_wall_ns
+                        to_publication.append((published_mono - sent_ns[token_no]) / 1e6)
         per_answer.append(len(offsets))
         stamps = [t for _, t in sorted(received.published_ms.get(reply_id, {}).items())]
         if all(stamps):
@@ -338,6 +352,9 @@ def report(args: argparse.Namespace, window_ms: float, received: Received,
         "latency_ms": {"p50": round(percentile(latencies, 0.5), 2), "p99": round(p99, 2),
                        "max": round(max(latencies, default=float("nan")), 2),
                        "p99_beyond_window": round(p99 - window_ms, 2),
+                       "first_tenth_p99": round(percentile(first_tenth, 0.99), 2),
+                       "to_publication_p50": round(percentile(to_publication, 0.5), 2),
+                       "to_publication_p99": round(percentile(to_publication, 0.99), 2),
                        "tokens_measured": len(latencies)},
         "publications_per_answer": round(statistics.mean(per_answer), 1) if per_answer else 0,
         "most_deltas_within_one_window": crowded if window_ns else None,
@@ -363,9 +380,9 @@ def _request_for(by_question: dict[str, dict[str, Any]], athlete: str, reply_id:
 
 def render(results: list[dict[str, Any]]) -> str:
     rows = [("| window | tokens/answer | deltas/answer | most per window (read) | closest deltas"
-             " (published) | added p50 / p99 / max ms | p99 beyond window | hub CPU/answer |"
-             " live ack p50/p99 alone | during |"),
-            "|---|---|---|---|---|---|---|---|---|---|"]
+             " (published) | added p50 / p99 / max ms | p99 beyond window | p99 first tenth |"
+             " to publication p50 / p99 | hub CPU/answer | live ack p50/p99 alone | during |"),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lat, alone, during = r["latency_ms"], r["live_ack_ms_alone"], r["live_ack_ms_during"]
         rows.append(
@@ -373,6 +390,8 @@ def render(results: list[dict[str, Any]]) -> str:
             f"{r['publications_per_answer']} | {r['most_deltas_within_one_window'] or '-'} | "
             f"{r['closest_deltas_published_ms']} ms | "
             f"{lat['p50']} / {lat['p99']} / {lat['max']} | {lat['p99_beyond_window']} | "
+            f"{lat['first_tenth_p99']} | {lat['to_publication_p50']} / "
+            f"{lat['to_publication_p99']} | "
             f"{r['hub_cpu_ms_per_answer']} ms | {alone['p50']} / {alone['p99']} ms | "
             f"{during['p50']} / {during['p99']} ms |")
     return "\n".join(rows)

@@ -7,16 +7,11 @@ so far goes to the database every `HUB_COACH_SAVE_INTERVAL`, for every answer th
 streams in one statement (`Coach.keep_saving`), which also renews their leases (see
 `models.coach_queries`).
 
-The stream is read through the `openai` client's raw streaming response (`with_streaming_response`:
-the client still makes the request, authenticates, applies the timeouts and raises its typed
-errors for 401, 429, 5xx); its bytes are split into lines here and each `data:` line is parsed
-with orjson: the client's own chunk objects cost about 90 us of CPU per chunk here against
-about 10, and 50 answers at 200 tokens a second are 10,000 chunks a second. For the same
-reason the stall timeout is moved at most twice per timeout, not once per chunk.
+The model's stream is read by `coach_model.read_answer`, paced by the coalescing window.
 
-Coalescing: the first piece of text to arrive opens a window of `HUB_COACH_COALESCE_MS`; what
-arrives within it goes out as one `delta`. A fast model therefore costs one publication per
-window, and a slow one (a token now and then) gets each token out after at most one window.
+Coalescing (`HUB_COACH_COALESCE_MS`): what the model sent since the last delta goes out as one
+`delta`, never sooner than one window after the one before, so a fast model costs one
+publication per window; text that arrives after a quiet spell goes out at once.
 
 Invariant for clients: the `delta` texts (`index` 0, 1, …) concatenate to the `text` of the
 answer's terminal publication (`done`, `cancelled` or `error`) and to the stored text; a
@@ -38,14 +33,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import openai
 import orjson
-from openai.types.chat import ChatCompletionMessageParam
 
+from channels.coach_model import Done, Failed, failure_of, model_client, read_answer
 from hub.config import Settings
 from hub.rules import BackgroundWork, HubAPI
 from models import coach_queries
@@ -62,22 +56,9 @@ def coach_channel(user_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Done:
-    finish_reason: str | None
-    usage: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
 class Cancelled:
     elsewhere: bool = False
     """Cancelled through another node, which left the announcement to us."""
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    reason: str
-    retryable: bool
-    retry_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,95 +68,6 @@ class Lost:
 
 Outcome = Done | Cancelled | Failed | Lost
 PromptSource = Callable[[], Awaitable[list[dict[str, str]]]]
-
-
-def failure_of(exc: BaseException, *, started: bool, stall_timeout: float) -> Failed:
-    """A short reason for the athlete, whether asking again may help, and the model API's
-    retry hint. `started`: some of the answer had arrived."""
-    if isinstance(exc, openai.AuthenticationError):
-        return Failed("the model API refused the hub's API key (401)", retryable=False)
-    if isinstance(exc, openai.RateLimitError):
-        retry_after = _retry_after(exc.response.headers.get("retry-after"))
-        hint = f"; retry in {retry_after:g} s" if retry_after is not None else ""
-        return Failed(f"the model API is rate limited (429){hint}", retryable=True,
-                      retry_after=retry_after)
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        if status >= 500:
-            return Failed(f"the model API failed ({status})", retryable=True)
-        return Failed(f"the model API refused the request ({status})", retryable=False)
-    if isinstance(exc, TimeoutError):
-        if started:
-            return Failed(f"the model stopped sending (nothing for {stall_timeout:g} s)",
-                          retryable=True)
-        return Failed(f"the model API did not answer within {stall_timeout:g} s",
-                      retryable=True)
-    if isinstance(exc, openai.APITimeoutError):
-        return Failed("the model API did not answer in time", retryable=True)
-    if isinstance(exc, ModelStreamError):
-        return Failed(str(exc), retryable=True)
-    if isinstance(exc, openai.APIConnectionError) or _is_transport_error(exc):
-        if "Timeout" in type(exc).__name__:
-            return Failed("the model API did not answer in time", retryable=True)
-        if started:
-            return Failed("the model's stream broke off", retryable=True)
-        return Failed("could not reach the model API", retryable=True)
-    log.error("coach answer failed", exc_info=exc)
-    return Failed("internal error", retryable=True)
-
-
-class ModelStreamError(Exception):
-    """The model's stream said it failed (an `error` event) or sent what is not a chunk."""
-
-
-_DONE: dict[str, Any] = {}
-
-
-def _chunk_of(line: bytes) -> dict[str, Any] | None:
-    """One server-sent-events line of a chat completion stream: its chunk, `_DONE` at
-    `data: [DONE]`, or None for what carries no data (blank lines, comments, `event:`)."""
-    if not line.startswith(b"data:"):
-        return None
-    data = line[5:].strip()
-    if data == b"[DONE]":
-        return _DONE
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise ModelStreamError("the model API sent a malformed chunk") from None
-    if not isinstance(chunk, dict):
-        raise ModelStreamError("the model API sent a malformed chunk")
-    if chunk.get("error"):
-        error = chunk["error"]
-        message = error.get("message") if isinstance(error, dict) else None
-        raise ModelStreamError(f"the model API failed mid-answer: {message or error}"[:200])
-    return chunk
-
-
-async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Server-sent-events lines (ended by LF, CRLF or CR) of a byte stream, without their ends.
-    A CRLF split between two reads yields one extra empty line, which carries no data."""
-    rest = b""
-    async for chunk in chunks:
-        lines = (rest + chunk).splitlines(keepends=True)
-        rest = lines.pop() if lines and not lines[-1].endswith((b"\n", b"\r")) else b""
-        for line in lines:
-            yield line.rstrip(b"\r\n")
-    if rest:
-        yield rest
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    """Errors of the HTTP stack under `openai` (httpx, or httpx2 in openai 3), which reach us
-    unwrapped once a stream is being read."""
-    return type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2")
-
-
-def _retry_after(raw: str | None) -> float | None:
-    try:
-        return None if raw is None else max(float(raw), 0.0)
-    except ValueError:
-        return None  # an HTTP date: rare from model APIs, not worth parsing
 
 
 class Coach:
@@ -188,19 +80,7 @@ class Coach:
         self.hub = hub
         self.background = background
         self.running: dict[str, Answer] = {}
-        self.client: openai.AsyncOpenAI | None = None
-        if settings.coach_api_key:
-            # No retries by the client: it would retry only before the stream starts, holding
-            # the user's one answer slot through backoff (and a 429's retry-after) while nothing
-            # streams; the athlete is told at once, with `retryable` and the hint, and re-asks.
-            self.client = openai.AsyncOpenAI(
-                api_key=settings.coach_api_key, base_url=settings.coach_base_url,
-                max_retries=0,
-                # Reads get a second more than the latest moment the answer's own stall timeout
-                # fires (1.5 timeouts, see `Answer._read`), so a stall is always reported as one.
-                timeout=openai.Timeout(settings.coach_stall_timeout * 1.5 + 1,
-                                       connect=settings.coach_connect_timeout),
-            )
+        self.client = model_client(settings)
 
     @property
     def configured(self) -> bool:
@@ -345,52 +225,25 @@ class Answer:
 
     async def _read(self, messages: list[dict[str, str]]) -> None:
         """Put each piece of text on the queue, then exactly one outcome."""
-        settings = self.coach.settings
-        client = self.coach.client
-        assert client is not None
+        coach = self.coach
+        assert coach.client is not None
         started = False
-        loop = asyncio.get_running_loop()
-        # Fires between one and one and a half stall timeouts after the last line: moved to
-        # 1.5 timeouts ahead whenever less than one is left, so at most twice per timeout.
-        patience = settings.coach_stall_timeout
+
+        def put(text: str) -> None:
+            nonlocal started
+            started = True
+            self._queue.put_nowait(text)
+
         try:
-            async with asyncio.timeout(patience) as stall:
-                async with client.chat.completions.with_streaming_response.create(
-                    model=settings.coach_model,
-                    messages=cast("list[ChatCompletionMessageParam]", messages),
-                    max_tokens=settings.coach_max_tokens, stream=True,
-                    stream_options={"include_usage": True},
-                ) as response:
-                    async for line in _lines(response.iter_bytes()):
-                        now = loop.time()
-                        if (stall.when() or now) - now < patience:
-                            stall.reschedule(now + patience * 1.5)
-                        chunk = _chunk_of(line)
-                        if chunk is None:
-                            continue
-                        if chunk is _DONE:
-                            break
-                        if chunk.get("usage"):
-                            self._usage = chunk["usage"]
-                        for choice in chunk.get("choices") or ():
-                            content = (choice.get("delta") or {}).get("content")
-                            if content:
-                                started = True
-                                self._queue.put_nowait(content)
-                            if choice.get("finish_reason"):
-                                self._finish_reason = choice["finish_reason"]
+            done = await read_answer(coach.client, coach.settings, messages, put)
         except asyncio.CancelledError:
             self._queue.put_nowait(self._why_stopped())
             raise
         except Exception as exc:  # noqa: BLE001 - whatever the model API did ends the answer
             self._queue.put_nowait(failure_of(exc, started=started,
-                                              stall_timeout=settings.coach_stall_timeout))
+                                              stall_timeout=coach.settings.coach_stall_timeout))
             return
-        if self._finish_reason is None:
-            self._queue.put_nowait(Failed("the model's stream ended before the answer did",
-                                          retryable=True))
-        else:
-            self._queue.put_nowait(Done(self._finish_reason, self._usage))
+        self._queue.put_nowait(done)
 
     def _why_stopped(self) -> Outcome:
         if self._cancel_requested:
@@ -400,8 +253,11 @@ class Answer:
         return Lost()
 
     async def _publish_stream(self) -> Outcome:
-        """Publish the queued text as coalesced deltas until an outcome arrives."""
+        """Publish the queued text until an outcome arrives: with a window, all that is queued
+        as one delta, at least one window after the previous delta; without, each piece."""
         window = self.coach.settings.coach_coalesce_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_delta_at = 0.0
         while True:
             item = await self._queue.get()
             pieces: list[str] = []
@@ -409,7 +265,9 @@ class Answer:
             if isinstance(item, str):
                 pieces.append(item)
                 if window > 0:
-                    await asyncio.sleep(window)
+                    wait = next_delta_at - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                     while not self._queue.empty() and terminal is None:
                         more = self._queue.get_nowait()
                         if isinstance(more, str):
@@ -420,6 +278,7 @@ class Answer:
                 terminal = item
             if pieces:
                 await self._publish_delta("".join(pieces))
+                next_delta_at = loop.time() + window
             if terminal is not None:
                 self._terminal = terminal
                 return terminal

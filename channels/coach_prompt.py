@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from hub.config import Settings
 from models import coach_queries, queries
 from models.db import Database
@@ -42,9 +44,11 @@ class PromptBuilder:
         self.budget = budget
 
     async def build(self, user_id: str, question: dict[str, Any]) -> list[Message]:
-        """The chat messages for answering `question` (a `coach.history` item just stored)."""
-        context = await self.athlete_context(user_id)
-        earlier = await queries.coach_history(self.db, user_id, limit=CONVERSATION_LOOKBACK)
+        """The chat messages for answering `question` (a `coach.history` item just stored),
+        read on one connection."""
+        async with self.db.read() as conn:
+            context = await self.athlete_context(user_id, conn)
+            earlier = await queries.coach_history(conn, user_id, limit=CONVERSATION_LOOKBACK)
         left = self.budget - len(self.system_prompt) - len(question["text"])
         context = context[:max(left, 0)]
         left -= len(context)
@@ -64,11 +68,11 @@ class PromptBuilder:
                 *turns,
                 {"role": "user", "content": question["text"]}]
 
-    async def athlete_context(self, user_id: str) -> str:
+    async def athlete_context(self, user_id: str, db: Database | AsyncConnection) -> str:
         """The active session (or the latest one) in a few lines: totals and recent sets."""
-        session = await queries.active_session(self.db, user_id)
+        session = await queries.active_session(db, user_id)
         if session is None:
-            latest = await queries.recent_sessions(self.db, user_id, 1)
+            latest = await queries.recent_sessions(db, user_id, 1)
             session = latest[0] if latest else None
         if session is None:
             return "Athlete context: no workout recorded yet."
@@ -83,7 +87,7 @@ class PromptBuilder:
             + (f", heart rate avg {s['avg_bpm']:g} / max {s['max_bpm']} bpm"
                if s["avg_bpm"] is not None else "") + "."
         ]
-        sets = await coach_queries.recent_sets(self.db, session["session_id"], RECENT_SETS)
+        sets = await coach_queries.recent_sets(db, session["session_id"], RECENT_SETS)
         if sets:
             lines.append("Recent sets, oldest first:")
             lines.extend(

@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, case, func, or_, select, update
 from sqlalchemy import text as sql_text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models.db import Database
 from models.queries import COACH_STATUSES, iso
@@ -230,7 +231,9 @@ async def get_answer(db: Database, reply_id: str) -> dict[str, Any] | None:
     return None if row is None else dict(row._mapping)
 
 
-async def recent_sets(db: Database, session_id: str, limit: int) -> list[dict[str, Any]]:
+async def recent_sets(
+    db: Database | AsyncConnection, session_id: str, limit: int
+) -> list[dict[str, Any]]:
     """The session's last `limit` sets, oldest first: exercise, reps, weight and RPE."""
     se = session_events
     stmt = (
@@ -238,6 +241,6 @@ async def recent_sets(db: Database, session_id: str, limit: int) -> list[dict[st
         .where(se.c.session_id == session_id, se.c.kind == "set")
         .order_by(se.c.id.desc()).limit(limit)
     )
-    async with db.read() as conn:
+    async with Database.reading(db) as conn:
         rows = (await conn.execute(stmt)).all()
     return [dict(r._mapping) for r in reversed(rows)]

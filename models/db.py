@@ -206,6 +206,17 @@ class Database:
         async with self.engine.connect() as conn:
             yield conn
 
+    @staticmethod
+    @asynccontextmanager
+    async def reading(source: Database | AsyncConnection) -> AsyncIterator[AsyncConnection]:
+        """`source` itself when it is a connection already reading (several queries on one
+        connection, one checkout), else a read of the database."""
+        if isinstance(source, AsyncConnection):
+            yield source
+            return
+        async with source.read() as conn:
+            yield conn
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A connection in one transaction: everything in the block commits, or nothing does."""

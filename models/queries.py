@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Row, and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models.db import Database
 from models.tables import (
@@ -252,7 +253,9 @@ async def get_session_sets(db: Database, session_id: str) -> list[dict[str, Any]
     return sets
 
 
-async def recent_sessions(db: Database, user_id: str, limit: int) -> list[dict[str, Any]]:
+async def recent_sessions(
+    db: Database | AsyncConnection, user_id: str, limit: int
+) -> list[dict[str, Any]]:
     """The user's latest `limit` sessions, newest first."""
     ws = workout_sessions
     stmt = (
@@ -261,13 +264,15 @@ async def recent_sessions(db: Database, user_id: str, limit: int) -> list[dict[s
         .order_by(ws.c.started_at.desc(), ws.c.id.desc())
         .limit(limit)
     )
-    async with db.read() as conn:
+    async with Database.reading(db) as conn:
         rows = (await conn.execute(stmt)).all()
     now = utcnow()
     return [_session_dict(r, now) for r in rows]
 
 
-async def active_session(db: Database, user_id: str) -> dict[str, Any] | None:
+async def active_session(
+    db: Database | AsyncConnection, user_id: str
+) -> dict[str, Any] | None:
     """The user's newest active session, if any."""
     ws = workout_sessions
     stmt = (
@@ -276,7 +281,7 @@ async def active_session(db: Database, user_id: str) -> dict[str, Any] | None:
         .order_by(ws.c.started_at.desc(), ws.c.id.desc())
         .limit(1)
     )
-    async with db.read() as conn:
+    async with Database.reading(db) as conn:
         row = (await conn.execute(stmt)).first()
     return None if row is None else _session_dict(row)
 
@@ -361,7 +366,7 @@ async def update_coach_message(
 
 
 async def coach_history(
-    db: Database, user_id: str, limit: int = 50, before: str | None = None
+    db: Database | AsyncConnection, user_id: str, limit: int = 50, before: str | None = None
 ) -> list[dict[str, Any]]:
     """The user's latest `limit` messages, oldest first (newest last).
 
@@ -381,6 +386,6 @@ async def coach_history(
             or_(cm.c.created_at < anchor, and_(cm.c.created_at == anchor, cm.c.id < before))
         )
     stmt = stmt.order_by(cm.c.created_at.desc(), cm.c.id.desc()).limit(limit)
-    async with db.read() as conn:
+    async with Database.reading(db) as conn:
         rows = (await conn.execute(stmt)).all()
     return [_message_dict(r) for r in reversed(rows)]
