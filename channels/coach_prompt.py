@@ -15,10 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from hub.config import Settings
-from models import coach_queries, queries
+from models import coach_queries
 from models.db import Database
 
 RECENT_SETS = 10
@@ -44,11 +42,10 @@ class PromptBuilder:
         self.budget = budget
 
     async def build(self, user_id: str, question: dict[str, Any]) -> list[Message]:
-        """The chat messages for answering `question` (a `coach.history` item just stored),
-        read on one connection."""
-        async with self.db.read() as conn:
-            context = await self.athlete_context(user_id, conn)
-            earlier = await queries.coach_history(conn, user_id, limit=CONVERSATION_LOOKBACK)
+        """The chat messages for answering `question` (a `coach.history` item just stored)."""
+        session, sets, earlier = await coach_queries.prompt_rows(
+            self.db, user_id, sets=RECENT_SETS, messages=CONVERSATION_LOOKBACK)
+        context = athlete_context(session, sets)
         left = self.budget - len(self.system_prompt) - len(question["text"])
         context = context[:max(left, 0)]
         left -= len(context)
@@ -68,34 +65,30 @@ class PromptBuilder:
                 *turns,
                 {"role": "user", "content": question["text"]}]
 
-    async def athlete_context(self, user_id: str, db: Database | AsyncConnection) -> str:
-        """The active session (or the latest one) in a few lines: totals and recent sets."""
-        session = await queries.active_session(db, user_id)
-        if session is None:
-            latest = await queries.recent_sessions(db, user_id, 1)
-            session = latest[0] if latest else None
-        if session is None:
-            return "Athlete context: no workout recorded yet."
-        s = session["summary"]
-        title = f' "{session["title"]}"' if session["title"] else ""
-        when = "in progress" if session["status"] == "active" else (
-            f"ended {_ago(session['ended_at'])}")
-        lines = [
-            f"Athlete context: {'current' if session['status'] == 'active' else 'latest'} "
-            f"workout{title}, {when}, {s['duration_s'] // 60} min: {s['sets']} sets, "
-            f"{s['reps']} reps, {s['volume_kg']:g} kg volume"
-            + (f", heart rate avg {s['avg_bpm']:g} / max {s['max_bpm']} bpm"
-               if s["avg_bpm"] is not None else "") + "."
-        ]
-        sets = await coach_queries.recent_sets(db, session["session_id"], RECENT_SETS)
-        if sets:
-            lines.append("Recent sets, oldest first:")
-            lines.extend(
-                f"- {x['exercise']}: {x['reps']} reps x {x['weight_kg']:g} kg"
-                + (f", RPE {x['rpe']:g}" if x["rpe"] is not None else "")
-                for x in sets
-            )
-        return "\n".join(lines)
+
+def athlete_context(session: dict[str, Any] | None, sets: list[dict[str, Any]]) -> str:
+    """The active session (or the latest one) in a few lines: totals and recent sets."""
+    if session is None:
+        return "Athlete context: no workout recorded yet."
+    s = session["summary"]
+    title = f' "{session["title"]}"' if session["title"] else ""
+    when = "in progress" if session["status"] == "active" else (
+        f"ended {_ago(session['ended_at'])}")
+    lines = [
+        f"Athlete context: {'current' if session['status'] == 'active' else 'latest'} "
+        f"workout{title}, {when}, {s['duration_s'] // 60} min: {s['sets']} sets, "
+        f"{s['reps']} reps, {s['volume_kg']:g} kg volume"
+        + (f", heart rate avg {s['avg_bpm']:g} / max {s['max_bpm']} bpm"
+           if s["avg_bpm"] is not None else "") + "."
+    ]
+    if sets:
+        lines.append("Recent sets, oldest first:")
+        lines.extend(
+            f"- {x['exercise']}: {x['reps']} reps x {x['weight_kg']:g} kg"
+            + (f", RPE {x['rpe']:g}" if x["rpe"] is not None else "")
+            for x in sets
+        )
+    return "\n".join(lines)
 
 
 def _worth_sending(item: dict[str, Any]) -> bool:

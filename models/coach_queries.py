@@ -31,50 +31,21 @@ from sqlalchemy import bindparam, case, func, or_, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from models import coach_queries_pg, queries
+from models.coach_rows import RATE_WINDOW_S, history_item
+from models.coach_rows import AnswerInProgress as AnswerInProgress
+from models.coach_rows import TooManyAsks as TooManyAsks
 from models.db import Database
-from models.queries import COACH_STATUSES, iso
+from models.queries import COACH_STATUSES
 from models.tables import coach_messages, new_id, session_events, utcnow
-
-RATE_WINDOW_S = 60.0
-"""Asks are counted over the last minute (`HUB_COACH_ASKS_PER_MINUTE`)."""
 
 _FINAL_STATUSES = tuple(s for s in COACH_STATUSES if s != "streaming")
 
 
-class AnswerInProgress(Exception):
-    """The user has an answer streaming (with a live lease); its id is `reply_id`."""
-
-    def __init__(self, reply_id: str | None) -> None:
-        super().__init__("an answer is still streaming")
-        self.reply_id = reply_id
-
-
-class TooManyAsks(Exception):
-    """The user asked `limit` times within the last minute already."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"at most {limit} asks per minute")
-        self.limit = limit
-
-
-def _item(values: dict[str, Any]) -> dict[str, Any]:
-    """A `coach.history` item (plus `deltas` for answers) from a row's values."""
-    item: dict[str, Any] = {
-        "message_id": values["id"],
-        "role": values["role"],
-        "text": values["text"],
-        "status": values["status"],
-    }
-    if values.get("reply_to") is not None:
-        item["reply_to"] = values["reply_to"]
-    item["created_at"] = iso(values["created_at"])
-    return item
-
-
-def _stale(cm: Any, now: datetime, lease: float) -> Any:
-    cutoff = now - timedelta(seconds=lease)
+def _stale(cm: Any, before: datetime) -> Any:
+    """Streaming answers whose lease was last renewed before `before` (or never)."""
     return (cm.c.status == "streaming") & or_(cm.c.heartbeat_at.is_(None),
-                                               cm.c.heartbeat_at < cutoff)
+                                               cm.c.heartbeat_at < before)
 
 
 async def begin_ask(
@@ -86,28 +57,38 @@ async def begin_ask(
     answers found dead in the way (stale lease) and marked `failed` on the way. Raises
     `TooManyAsks` or `AnswerInProgress` with nothing stored.
     """
-    cm = coach_messages
     now = utcnow()
+    question = {"id": new_id(), "user_id": user_id, "role": "user", "text": text,
+                "status": "done", "reply_to": None, "created_at": now}
+    # The answer sorts after its question even when both carry the same clock reading.
+    answer = {"id": new_id(), "user_id": user_id, "role": "assistant", "text": "",
+              "status": "streaming", "reply_to": question["id"],
+              "created_at": now + timedelta(microseconds=1), "heartbeat_at": now, "deltas": 0}
+    ask = coach_queries_pg.begin_ask if db.dialect == "postgresql" else _begin_ask
+    interrupted = await ask(db, question, answer, asked_since=now - timedelta(
+        seconds=RATE_WINDOW_S), stale_before=now - timedelta(seconds=lease),
+        per_minute=per_minute)
+    return history_item(question), history_item(answer), interrupted
+
+
+async def _begin_ask(
+    db: Database, question: dict[str, Any], answer: dict[str, Any], *, asked_since: datetime,
+    stale_before: datetime, per_minute: int
+) -> list[dict[str, Any]]:
+    cm = coach_messages
+    user_id = question["user_id"]
     async with db.write() as conn:
         recent = (await conn.execute(
             select(func.count()).select_from(cm).where(
-                cm.c.user_id == user_id, cm.c.role == "user",
-                cm.c.created_at > now - timedelta(seconds=RATE_WINDOW_S))
+                cm.c.user_id == user_id, cm.c.role == "user", cm.c.created_at > asked_since)
         )).scalar_one()
         if recent >= per_minute:
             raise TooManyAsks(per_minute)
         interrupted = [dict(r._mapping) for r in (await conn.execute(
-            update(cm).where(cm.c.user_id == user_id, _stale(cm, now, lease))
+            update(cm).where(cm.c.user_id == user_id, _stale(cm, stale_before))
             .values(status="failed").returning(cm.c.id, cm.c.user_id, cm.c.reply_to, cm.c.text)
         )).all()]
-        question = {"id": new_id(), "user_id": user_id, "role": "user", "text": text,
-                    "status": "done", "reply_to": None, "created_at": now}
         await conn.execute(cm.insert().values(question))
-        # The answer sorts after its question even when both carry the same clock reading.
-        answer = {"id": new_id(), "user_id": user_id, "role": "assistant", "text": "",
-                  "status": "streaming", "reply_to": question["id"],
-                  "created_at": now + timedelta(microseconds=1), "heartbeat_at": now,
-                  "deltas": 0}
         inserted = (await conn.execute(
             db.insert(cm).values(answer).on_conflict_do_nothing(
                 # A literal, not a parameter: PostgreSQL must see that the conflict target is
@@ -120,7 +101,7 @@ async def begin_ask(
             holder = (await conn.execute(select(cm.c.id).where(
                 cm.c.user_id == user_id, cm.c.status == "streaming"))).scalar()
             raise AnswerInProgress(holder)
-    return _item(question), _item(answer), interrupted
+    return interrupted
 
 
 async def save_partials(db: Database, answers: list[tuple[str, str, int]]) -> set[str]:
@@ -166,6 +147,8 @@ async def finish_answer(
                         ("usage", usage)):
         if value is not None:
             values[name] = value
+    if db.dialect == "postgresql":
+        return await coach_queries_pg.finish_answer(db, reply_id, values)
     async with db.write() as conn:
         row = (await conn.execute(
             update(cm).where(cm.c.id == reply_id, cm.c.status == "streaming").values(values)
@@ -214,7 +197,8 @@ async def fail_stale_answers(db: Database, lease: float) -> list[dict[str, Any]]
     cm = coach_messages
     async with db.write() as conn:
         rows = (await conn.execute(
-            update(cm).where(_stale(cm, utcnow(), lease)).values(status="failed")
+            update(cm).where(_stale(cm, utcnow() - timedelta(seconds=lease)))
+            .values(status="failed")
             .returning(cm.c.id, cm.c.user_id, cm.c.reply_to, cm.c.text)
         )).all()
     return [dict(r._mapping) for r in rows]
@@ -244,3 +228,21 @@ async def recent_sets(
     async with Database.reading(db) as conn:
         rows = (await conn.execute(stmt)).all()
     return [dict(r._mapping) for r in reversed(rows)]
+
+
+async def prompt_rows(
+    db: Database, user_id: str, *, sets: int, messages: int
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    """What the coach's prompt is made of, read on one connection: the user's active session
+    (else the latest; None without any), its last `sets` sets (as `recent_sets`), and the last
+    `messages` of the conversation (as `queries.coach_history`)."""
+    if db.dialect == "postgresql":
+        return await coach_queries_pg.prompt_rows(db, user_id, sets=sets, messages=messages)
+    async with db.read() as conn:
+        session = await queries.active_session(conn, user_id)
+        if session is None:
+            latest = await queries.recent_sessions(conn, user_id, 1)
+            session = latest[0] if latest else None
+        recent = [] if session is None else await recent_sets(conn, session["session_id"], sets)
+        history = await queries.coach_history(conn, user_id, limit=messages)
+    return session, recent, history

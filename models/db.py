@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -121,6 +122,8 @@ class Database:
         self._engine: AsyncEngine | None = None
         self._write_engine: AsyncEngine | None = None
         self._write_lock: asyncio.Lock | None = None
+        self._raw_pool: asyncpg.Pool | None = None
+        self._raw_pool_lock = asyncio.Lock()
 
     @property
     def engine(self) -> AsyncEngine:
@@ -191,6 +194,9 @@ class Database:
     async def close(self) -> None:
         """Close every pooled connection. Idempotent."""
         engine, self._engine, self._write_engine = self._engine, None, None
+        raw_pool, self._raw_pool = self._raw_pool, None
+        if raw_pool is not None:
+            await raw_pool.close()
         if engine is not None:
             await engine.dispose()
 
@@ -205,6 +211,30 @@ class Database:
         """A connection for reads; its transaction is rolled back on exit."""
         async with self.engine.connect() as conn:
             yield conn
+
+    @asynccontextmanager
+    async def raw_postgres(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of a plain asyncpg pool beside the engine's (PostgreSQL only), for the
+        few queries too hot for SQLAlchemy: through it a statement costs about ten times the
+        CPU of asyncpg's own (the coach's per-ask queries: 9 ms against 0.7 here).
+
+        Its connections are opened when needed (at most `POSTGRES_POOL_SIZE`) and handed back
+        without the reset query asyncpg sends by default: the queries run on them leave no
+        session state (no LISTEN, cursors, locks or settings) behind."""
+        pool = self._raw_pool or await self._open_raw_pool()
+        async with pool.acquire() as conn:
+            yield conn
+
+    async def _open_raw_pool(self) -> asyncpg.Pool:
+        if self.dialect != "postgresql":
+            raise RuntimeError("raw_postgres() is for PostgreSQL only")
+        async with self._raw_pool_lock:
+            if self._raw_pool is None:
+                self._raw_pool = await asyncpg.create_pool(
+                    libpq_url(self.url), min_size=0, max_size=POSTGRES_POOL_SIZE,
+                    timeout=POSTGRES_CONNECT_TIMEOUT_S, reset=_leave_as_is,
+                    server_settings={"application_name": POSTGRES_APPLICATION_NAME})
+            return self._raw_pool
 
     @staticmethod
     @asynccontextmanager
@@ -243,6 +273,10 @@ class Database:
         if self._write_engine is None:
             raise RuntimeError("Database.start() has not been called")
         return self._write_engine
+
+
+async def _leave_as_is(_conn: asyncpg.Connection) -> None:
+    """`raw_postgres`'s connections go back to the pool as they are (see there)."""
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -165,7 +165,9 @@ def _summary(row: Any, now: datetime) -> dict[str, Any]:
     }
 
 
-def _session_dict(row: Any, now: datetime | None = None) -> dict[str, Any]:
+def session_dict(row: Any, now: datetime | None = None) -> dict[str, Any]:
+    """A session as the API hands it out, from a row (anything with its columns as
+    attributes); `now` ends the duration of an active one."""
     return {
         "session_id": row.id,
         "user_id": row.user_id,
@@ -196,7 +198,7 @@ async def start_session(db: Database, user_id: str, title: str) -> dict[str, Any
     }
     async with db.write() as conn:
         await conn.execute(workout_sessions.insert().values(values))
-    return _session_dict(SimpleNamespace(**values), values["started_at"])
+    return session_dict(SimpleNamespace(**values), values["started_at"])
 
 
 async def end_session(db: Database, session_id: str) -> dict[str, Any] | None:
@@ -216,14 +218,14 @@ async def end_session(db: Database, session_id: str) -> dict[str, Any] | None:
     )
     async with db.write() as conn:
         row = (await conn.execute(stmt)).first()
-    return None if row is None else _session_dict(row, now)
+    return None if row is None else session_dict(row, now)
 
 
 async def get_session(db: Database, session_id: str) -> dict[str, Any] | None:
     async with db.read() as conn:
         stmt = select(workout_sessions).where(workout_sessions.c.id == session_id)
         row = (await conn.execute(stmt)).first()
-    return None if row is None else _session_dict(row)
+    return None if row is None else session_dict(row)
 
 
 async def get_session_sets(db: Database, session_id: str) -> list[dict[str, Any]]:
@@ -267,7 +269,7 @@ async def recent_sessions(
     async with Database.reading(db) as conn:
         rows = (await conn.execute(stmt)).all()
     now = utcnow()
-    return [_session_dict(r, now) for r in rows]
+    return [session_dict(r, now) for r in rows]
 
 
 async def active_session(
@@ -283,13 +285,14 @@ async def active_session(
     )
     async with Database.reading(db) as conn:
         row = (await conn.execute(stmt)).first()
-    return None if row is None else _session_dict(row)
+    return None if row is None else session_dict(row)
 
 
 # --- coach messages ----------------------------------------------------------------------
 
 
-def _message_dict(row: Any) -> dict[str, Any]:
+def message_dict(row: Any) -> dict[str, Any]:
+    """A `coach.history` item from a row (anything with its columns as attributes)."""
     item: dict[str, Any] = {
         "message_id": row.id,
         "role": row.role,
@@ -332,7 +335,7 @@ async def add_coach_message(
     }
     async with db.write() as conn:
         await conn.execute(coach_messages.insert().values(values))
-    return _message_dict(SimpleNamespace(**values))
+    return message_dict(SimpleNamespace(**values))
 
 
 async def update_coach_message(
@@ -388,4 +391,4 @@ async def coach_history(
     stmt = stmt.order_by(cm.c.created_at.desc(), cm.c.id.desc()).limit(limit)
     async with Database.reading(db) as conn:
         rows = (await conn.execute(stmt)).all()
-    return [_message_dict(r) for r in reversed(rows)]
+    return [message_dict(r) for r in reversed(rows)]

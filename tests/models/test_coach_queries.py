@@ -7,12 +7,12 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import insert, select, update
 
 from models import coach_queries as cq
 from models import queries
 from models.db import Database
-from models.tables import coach_messages, utcnow
+from models.tables import coach_messages, session_events, utcnow
 
 
 async def _age(database: Database, reply_id: str, seconds: float) -> None:
@@ -122,6 +122,10 @@ async def test_an_answer_ends_once_whoever_ends_it(database: Database) -> None:
         await cq.finish_answer(database, reply, "streaming")
     stored = await cq.get_answer(database, reply)
     assert stored is not None and (stored["status"], stored["text"]) == ("done", "All of it.")
+    async with database.read() as conn:
+        row = (await conn.execute(select(coach_messages.c.finish_reason, coach_messages.c.usage)
+                                  .where(coach_messages.c.id == reply))).one()
+    assert (row.finish_reason, row.usage) == ("stop", {"total_tokens": 9})
 
 
 async def test_a_cancel_from_another_node_is_announced_once_by_the_streaming_node(
@@ -146,3 +150,42 @@ async def test_a_cancel_of_an_answer_whose_node_died_is_announced_by_the_cancell
     assert cancelled is not None and cancelled["announce"] is True
     assert not await cq.settle_cancel(database, answer["message_id"], "late", 1)
 
+
+
+async def _sets(database: Database, session_id: str, *reps: int) -> None:
+    async with database.write() as conn:
+        await conn.execute(insert(session_events), [
+            {"session_id": session_id, "user_id": "ann", "event_id": f"{session_id}-{n}",
+             "kind": "set", "server_ts": n, "exercise": "squat", "reps": r, "weight_kg": 100.0,
+             "rpe": None} for n, r in enumerate(reps)])
+
+
+async def test_the_prompt_reads_the_active_session_else_the_latest_and_the_latest_turns(
+        database: Database) -> None:
+    assert await cq.prompt_rows(database, "ann", sets=2, messages=3) == (None, [], [])
+    older = await queries.start_session(database, "ann", "Older")
+    await queries.end_session(database, older["session_id"])
+    await asyncio.sleep(0.01)  # started later, by the database's clock too
+    latest = await queries.start_session(database, "ann", "Latest")
+    await queries.end_session(database, latest["session_id"])
+    await _sets(database, latest["session_id"], 5, 6, 7)
+    session, sets, _ = await cq.prompt_rows(database, "ann", sets=2, messages=3)
+    assert session is not None and session["session_id"] == latest["session_id"]
+    assert [s["reps"] for s in sets] == [6, 7]  # the last two, oldest first
+    assert sets[0] == {"exercise": "squat", "reps": 6, "weight_kg": 100.0, "rpe": None}
+
+    await asyncio.sleep(0.01)
+    active = await queries.start_session(database, "ann", "Now")
+    await asyncio.sleep(0.01)
+    newer = await queries.start_session(database, "ann", "Newer, ended")
+    await queries.end_session(database, newer["session_id"])
+    session, sets, _ = await cq.prompt_rows(database, "ann", sets=2, messages=3)
+    assert session is not None and session["session_id"] == active["session_id"]
+    assert session["status"] == "active" and sets == []
+
+    for n in range(3):
+        _, answer, _ = await cq.begin_ask(database, "ann", f"q{n}", lease=10, per_minute=9)
+        await cq.finish_answer(database, answer["message_id"], "done", text=f"a{n}")
+    _, _, turns = await cq.prompt_rows(database, "ann", sets=2, messages=3)
+    assert turns == (await queries.coach_history(database, "ann"))[-3:]
+    assert [t["text"] for t in turns] == ["a1", "q2", "a2"]
