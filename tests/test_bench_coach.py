@@ -37,3 +37,18 @@ def test_the_coach_bench_streams_every_answer_to_every_watcher_and_reports(
     # answer's deltas are a window apart: never two in one window, however slow the machine.
     assert coalesced["closest_deltas_published_ms"] >= 8
     assert "| 10 ms | 30 |" in done.stdout
+
+
+def test_the_coach_queries_bench_reports_cpu_per_ask_and_step(tmp_path: Path) -> None:
+    report = tmp_path / "coach_queries.json"
+    done = subprocess.run(
+        [sys.executable, "bench/coach_queries.py", "--asks", "5", "--warmup", "1",
+         "--json", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(report.read_text())["results"]
+    assert result["database"] == "sqlite" and result["asks"] == 5
+    steps = result["cpu_ms_per_step"]
+    assert set(steps) == {"begin_ask", "prompt", "finish_answer"}
+    assert result["cpu_ms_per_ask"] == round(sum(steps.values()), 3) > 0
+    assert "ms of CPU per ask" in done.stdout
