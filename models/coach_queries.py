@@ -32,14 +32,30 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models import coach_queries_pg, queries
-from models.coach_rows import RATE_WINDOW_S, history_item
-from models.coach_rows import AnswerInProgress as AnswerInProgress
-from models.coach_rows import TooManyAsks as TooManyAsks
+from models.coach_refusals import AnswerInProgress as AnswerInProgress
+from models.coach_refusals import TooManyAsks as TooManyAsks
 from models.db import Database
-from models.queries import COACH_STATUSES
+from models.queries import COACH_STATUSES, iso
 from models.tables import coach_messages, new_id, session_events, utcnow
 
+RATE_WINDOW_S = 60.0
+"""Asks are counted over the last minute (`HUB_COACH_ASKS_PER_MINUTE`)."""
+
 _FINAL_STATUSES = tuple(s for s in COACH_STATUSES if s != "streaming")
+
+
+def _item(values: dict[str, Any]) -> dict[str, Any]:
+    """A `coach.history` item from a new row's values."""
+    item: dict[str, Any] = {
+        "message_id": values["id"],
+        "role": values["role"],
+        "text": values["text"],
+        "status": values["status"],
+    }
+    if values.get("reply_to") is not None:
+        item["reply_to"] = values["reply_to"]
+    item["created_at"] = iso(values["created_at"])
+    return item
 
 
 def _stale(cm: Any, before: datetime) -> Any:
@@ -68,7 +84,7 @@ async def begin_ask(
     interrupted = await ask(db, question, answer, asked_since=now - timedelta(
         seconds=RATE_WINDOW_S), stale_before=now - timedelta(seconds=lease),
         per_minute=per_minute)
-    return history_item(question), history_item(answer), interrupted
+    return _item(question), _item(answer), interrupted
 
 
 async def _begin_ask(

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from models.coach_rows import AnswerInProgress, TooManyAsks
+from models.coach_refusals import AnswerInProgress, TooManyAsks
 from models.db import Database
 from models.queries import message_dict, session_dict
 from models.tables import utcnow
