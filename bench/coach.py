@@ -4,14 +4,15 @@ A scripted OpenAI-compatible server (tests/llm_server.py, its own process on the
 streams every answer at `--rate` tokens per second; `--answers` athletes ask at once, each
 watched by `--watchers` connections on its `coach:` channel (raw WebSocket clients speaking
 the Centrifuge JSON protocol, bench/wsclient.py), for `--rounds` rounds. Beside it one device
-publishes set events into a live session and times each acknowledgement. The hub runs pinned
-to core 0, everything else to core 1. It runs once per coalescing window in `--windows`
-(`0`: one publication per model chunk).
+publishes set events into a live session on its own clock (`--live-rate` a second, open
+loop) and times each acknowledgement. The hub runs pinned to core 0, everything else to core
+1. It runs once per coalescing window in `--windows` (`0`: one publication per model chunk).
 
 Reported per window:
 - added latency: from the moment the model server wrote a token to the moment a subscriber
   read the delta holding it (p50 / p99 / max, and p99 beyond the window), the p99 of each
-  answer's first tenth of tokens (they stream while the round's asks are handled), and the
+  answer's first tenth of tokens (they stream while the round's asks are handled) and of the
+  rest (steady streaming), and the
   same from the model's write to the hub's publication of the delta (the hub's clock, whole
   ms: without the subscribers' own delay on the load core);
 - publications per answer (deltas), tokens per answer, and the most deltas of one answer a
@@ -20,7 +21,8 @@ Reported per window:
   closest two consecutive deltas of one answer by their publication times, the hub's own
   clock in whole ms (at least the window less 1 ms: never two publications in one window);
 - hub CPU per answer (ms of core time) and the hub core's load;
-- the live session's acknowledgement latency during the coach load and, first, alone.
+- the live session's acknowledgement latency during the coach load and, first, alone (after
+  a second of warm-up, for `--quiet-seconds`).
 
     .venv/bin/python bench/coach.py --json coach.json
     .venv/bin/python bench/coach.py --postgres postgresql://postgres@127.0.0.1:5432/postgres
@@ -59,7 +61,8 @@ from tests.llm_server import tokens_of
 
 HUB_PATH = "/connection/websocket"
 PING = b"{}"
-LIVE_EVENTS_PER_SECOND = 20
+LIVE_WARMUP_SECONDS = 1.0
+"""The live session's first events are not counted (the hub's first commits open connections)."""
 
 
 # -- the scripted model server -----------------------------------------------------------------
@@ -162,12 +165,16 @@ def ok(reply: dict[str, Any]) -> dict[str, Any]:
 
 
 class LiveDevice:
-    """A device streaming set events into its live session, timing each acknowledgement."""
+    """A device streaming set events into its live session on its own clock (open loop: it
+    does not wait for an acknowledgement before the next event), timing each acknowledgement
+    from its event's send."""
 
-    def __init__(self) -> None:
+    def __init__(self, rate: float) -> None:
         self.connection = Connection()
         self.session = ""
-        self.acks_ms: list[float] = []
+        self.rate = rate
+        self.acks: list[tuple[float, float]] = []
+        """(sent at, on the monotonic clock; ack latency in ms), in the order acks came."""
         self._seq = 0
 
     async def open(self, server: ServerProcess) -> None:
@@ -178,17 +185,34 @@ class LiveDevice:
         self.session = started["rpc"]["data"]["session_id"]
 
     async def stream(self, stop: asyncio.Event) -> None:
-        interval = 1 / LIVE_EVENTS_PER_SECOND
+        loop = asyncio.get_running_loop()
+        interval = 1 / self.rate
+        next_at = loop.time()
+        waiting: set[asyncio.Future[dict[str, Any]]] = set()
         while not stop.is_set():
             self._seq += 1
             event = {"type": "set", "event_id": f"e{self._seq}", "exercise": "squat",
                      "reps": 5, "weight_kg": 100}
-            sent = time.perf_counter()
-            ok(await self.connection.command(
-                "publish", {"channel": f"session:{self.session}", "data": event}))
-            self.acks_ms.append((time.perf_counter() - sent) * 1000)
+            reply = self.connection.command(
+                "publish", {"channel": f"session:{self.session}", "data": event})
+            reply.add_done_callback(self._timer(time.monotonic()))
+            waiting.add(reply)
+            reply.add_done_callback(waiting.discard)
+            next_at += interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+                await asyncio.wait_for(stop.wait(), max(0.0, next_at - loop.time()))
+        if waiting:
+            await asyncio.wait(waiting, timeout=10)
+
+    def _timer(self, sent: float) -> Any:
+        def acked(reply: asyncio.Future[dict[str, Any]]) -> None:
+            ok(reply.result())
+            self.acks.append((sent, (time.monotonic() - sent) * 1000))
+        return acked
+
+    def latencies(self, start: float, end: float) -> list[float]:
+        """Ack latencies of the events sent in [start, end)."""
+        return [ms for sent, ms in self.acks if start <= sent < end]
 
 
 # -- one window setting --------------------------------------------------------------------------
@@ -240,13 +264,13 @@ async def measure(args: argparse.Namespace, server: ServerProcess, model_url: st
             await connection.open(server.port, token)
             ok(await connection.command("subscribe", {"channel": f"coach:{athlete}"}))
             watchers[athlete].append(connection)
-    live = LiveDevice()
+    live = LiveDevice(args.live_rate)
     await live.open(server)
 
     stop = asyncio.Event()
     streaming = asyncio.create_task(live.stream(stop))
-    await asyncio.sleep(args.quiet_seconds)
-    alone = list(live.acks_ms)
+    alone_from = time.monotonic() + LIVE_WARMUP_SECONDS
+    await asyncio.sleep(LIVE_WARMUP_SECONDS + args.quiet_seconds)
 
     mono_minus_wall_ns = time.monotonic_ns() - time.time_ns()
     cpu = CpuWindow({"hub": process_tree(server.pid)})
@@ -266,9 +290,10 @@ async def measure(args: argparse.Namespace, server: ServerProcess, model_url: st
             await asyncio.sleep(0.05)
     wall = time.monotonic() - started
     busy = cpu.stop()
-    during = live.acks_ms[len(alone):]
     stop.set()
     await streaming
+    alone = live.latencies(alone_from, started)
+    during = live.latencies(started, started + wall)
     for connections in watchers.values():
         for connection in connections:
             connection.close()
@@ -295,6 +320,8 @@ def report(args: argparse.Namespace, window_ms: float, received: Received,
     latencies: list[float] = []
     first_tenth: list[float] = []
     """The first tenth of each answer's tokens: they stream while the round's asks are handled."""
+    rest: list[float] = []
+    """The other nine tenths: steady streaming."""
     to_publication: list[float] = []
     """From the model's write to the hub's publication (its clock, whole ms): no reader's delay."""
     per_answer: list[int] = []
@@ -322,8 +349,7 @@ def report(args: argparse.Namespace, window_ms: float, received: Received,
                 if start < token_end <= end and token_no < len(sent_ns):
                     latency = (read_mono - sent_ns[token_no]) / 1e6
                     latencies.append(latency)
-                    if token_no < len(ends) // 10:
-                        first_tenth.append(latency)
+                    (first_tenth if token_no < len(ends) // 10 else rest).append(latency)
                     if published_ms.get(index):
                         published_mono = published_ms[index] * 1e6 + mono_minus_wall_ns
                         to_publication.append((published_mono - sent_ns[token_no]) / 1e6)
@@ -353,6 +379,7 @@ def report(args: argparse.Namespace, window_ms: float, received: Received,
                        "max": round(max(latencies, default=float("nan")), 2),
                        "p99_beyond_window": round(p99 - window_ms, 2),
                        "first_tenth_p99": round(percentile(first_tenth, 0.99), 2),
+                       "rest_p99": round(percentile(rest, 0.99), 2),
                        "to_publication_p50": round(percentile(to_publication, 0.5), 2),
                        "to_publication_p99": round(percentile(to_publication, 0.99), 2),
                        "tokens_measured": len(latencies)},
@@ -380,7 +407,8 @@ def _request_for(by_question: dict[str, dict[str, Any]], athlete: str, reply_id:
 
 def render(results: list[dict[str, Any]]) -> str:
     rows = [("| window | tokens/answer | deltas/answer | most per window (read) | closest deltas"
-             " (published) | added p50 / p99 / max ms | p99 beyond window | p99 first tenth |"
+             " (published) | added p50 / p99 / max ms | p99 beyond window |"
+             " p99 first tenth / rest |"
              " to publication p50 / p99 | hub CPU/answer | live ack p50/p99 alone | during |"),
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -390,7 +418,7 @@ def render(results: list[dict[str, Any]]) -> str:
             f"{r['publications_per_answer']} | {r['most_deltas_within_one_window'] or '-'} | "
             f"{r['closest_deltas_published_ms']} ms | "
             f"{lat['p50']} / {lat['p99']} / {lat['max']} | {lat['p99_beyond_window']} | "
-            f"{lat['first_tenth_p99']} | {lat['to_publication_p50']} / "
+            f"{lat['first_tenth_p99']} / {lat['rest_p99']} | {lat['to_publication_p50']} / "
             f"{lat['to_publication_p99']} | "
             f"{r['hub_cpu_ms_per_answer']} ms | {alone['p50']} / {alone['p99']} ms | "
             f"{during['p50']} / {during['p99']} ms |")
@@ -406,8 +434,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--windows", default="10,0",
                         help="coalescing windows in ms, comma-separated (0: none)")
-    parser.add_argument("--quiet-seconds", type=float, default=3.0,
+    parser.add_argument("--quiet-seconds", type=float, default=5.0,
                         help="live session alone before the coach load")
+    parser.add_argument("--live-rate", type=float, default=50.0,
+                        help="set events per second of the live session's device")
     parser.add_argument("--quiet-wait-seconds", type=float, default=20.0,
                         help="wait up to this long for idle cores first")
     parser.add_argument("--postgres", help="admin URL of a PostgreSQL server: the hub stores "

@@ -2,16 +2,15 @@
 
 Each answer is one `Answer.run` task, owned by the application's `BackgroundWork`, and that
 task alone publishes the answer: deltas leave in the order the model sent them and can never
-overtake one another. A child task, the reader, moves the model's stream to a queue. The text
-so far goes to the database every `HUB_COACH_SAVE_INTERVAL`, for every answer this node
-streams in one statement (`Coach.keep_saving`), which also renews their leases (see
-`models.coach_queries`).
-
-The model's stream is read by `coach_model.read_answer`, paced by the coalescing window.
+overtake one another. The same task reads the model's stream (`coach_model.read_answer`) and
+publishes each read's text as it comes, so one window costs one wake-up. The text so far goes
+to the database every `HUB_COACH_SAVE_INTERVAL`, for every answer this node streams in one
+statement (`Coach.keep_saving`), which also renews their leases (see `models.coach_queries`).
 
 Coalescing (`HUB_COACH_COALESCE_MS`): what the model sent since the last delta goes out as one
-`delta`, never sooner than one window after the one before, so a fast model costs one
-publication per window; text that arrives after a quiet spell goes out at once.
+`delta`, never sooner than one window after the one before (the read after a delta waits one
+window), so a fast model costs one publication per window; text that arrives after a quiet
+spell goes out at once.
 
 Invariant for clients: the `delta` texts (`index` 0, 1, …) concatenate to the `text` of the
 answer's terminal publication (`done`, `cancelled` or `error`) and to the stored text; a
@@ -64,6 +63,10 @@ class Cancelled:
 @dataclass(frozen=True, slots=True)
 class Lost:
     """The row stopped being `streaming` under us: someone else ended this answer."""
+
+
+class _Stopped(Exception):
+    """Unwinds the model's stream after a publication when the answer was stopped meanwhile."""
 
 
 Outcome = Done | Cancelled | Failed | Lost
@@ -145,6 +148,13 @@ class Coach:
 
 
 class Answer:
+    """One answer's task: reads the model's stream and publishes it, in order, then ends it.
+
+    A stop from outside (`cancel`, `row_lost`) interrupts the task only while it waits for the
+    model (the request, a read, the window between two reads), which closes the model's stream
+    at once; a publication under way is never interrupted (its delta would be lost to the
+    watchers but kept in the text): the stop then takes effect when it has gone out."""
+
     def __init__(self, coach: Coach, user_id: str, question_id: str, reply_id: str,
                  messages_of: PromptSource) -> None:
         self.coach = coach
@@ -153,15 +163,14 @@ class Answer:
         self.reply_id = reply_id
         self._messages_of = messages_of
         """An awaitable factory of the prompt, built inside the task (the RPC returns first)."""
-        self._queue: asyncio.Queue[str | Outcome] = asyncio.Queue()
         self._parts: list[str] = []
-        self._reader: asyncio.Task[None] | None = None
-        self._cancel_requested = False
-        self._cancelled_elsewhere = False
+        self._task: asyncio.Task[Any] | None = None
+        self._waiting_for_model = False
+        """The task is awaiting the model: a stop may interrupt it."""
+        self._stop: Cancelled | Lost | None = None
+        """Why the answer was stopped from outside, once."""
         self._terminal: Outcome | None = None
         self._finished: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._finish_reason: str | None = None
-        self._usage: dict[str, Any] | None = None
 
     @property
     def text(self) -> str:
@@ -178,129 +187,80 @@ class Answer:
 
     async def cancel(self) -> bool:
         """Close the model's stream and end the answer as `cancelled`; False when it had
-        already ended (or a cancel came first)."""
-        if self._terminal is not None or self._cancel_requested:
+        already ended (or was stopped before)."""
+        if self._terminal is not None or self._stop is not None:
             return False
-        self._cancel_requested = True
-        if self._reader is not None:
-            self._reader.cancel()
-        else:
-            self._queue.put_nowait(Cancelled())
+        self._request_stop(Cancelled())
         return await asyncio.shield(self._finished) == "cancelled"
 
+    def _request_stop(self, why: Cancelled | Lost) -> None:
+        self._stop = why
+        if self._waiting_for_model and self._task is not None:
+            self._task.cancel()
+
     async def run(self) -> None:
+        self._task = asyncio.current_task()
         status: str | None = None
         try:
-            status = await self._finish(await self._stream())
+            self._terminal = await self._stream()
+            status = await self._finish(self._terminal)
         finally:
             self.coach.running.pop(self.reply_id, None)
             if not self._finished.done():
                 self._finished.set_result(status)
 
     async def _stream(self) -> Outcome:
-        """Run the model's stream to its outcome; the reader is stopped when this returns."""
+        """Read the model's stream and publish it to its outcome."""
+        coach = self.coach
+        assert coach.client is not None
         try:
-            if not self._cancel_requested:
-                messages = await self._messages_of()
-                self._reader = asyncio.create_task(self._read(messages))
-            return await self._publish_stream()
+            messages = await self._messages_of()
+            if self._stop is not None:
+                return self._stop
+            self._waiting_for_model = True
+            try:
+                return await read_answer(coach.client, coach.settings, messages,
+                                         self._publish_delta)
+            finally:
+                self._waiting_for_model = False
         except asyncio.CancelledError:
-            # The node is stopping and its grace period is over (BackgroundWork.drain).
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
+            if self._stop is not None:
+                return self._stop
+            # The node is stopping and its grace period is over (BackgroundWork.drain).
             return Failed("the hub restarted mid-answer", retryable=True)
-        except Exception as exc:  # noqa: BLE001 - publishing failed: the answer fails, says why
-            return failure_of(exc, started=bool(self._parts),
-                              stall_timeout=self.coach.settings.coach_stall_timeout)
-        finally:
-            await self._stop_reader()
-
-    async def _stop_reader(self) -> None:
-        if self._reader is not None and not self._reader.done():
-            self._reader.cancel()
-            await asyncio.wait([self._reader])
-
-    # -- the model's stream -------------------------------------------------------------------
-
-    async def _read(self, messages: list[dict[str, str]]) -> None:
-        """Put each piece of text on the queue, then exactly one outcome."""
-        coach = self.coach
-        assert coach.client is not None
-        started = False
-
-        def put(text: str) -> None:
-            nonlocal started
-            started = True
-            self._queue.put_nowait(text)
-
-        try:
-            done = await read_answer(coach.client, coach.settings, messages, put)
-        except asyncio.CancelledError:
-            self._queue.put_nowait(self._why_stopped())
-            raise
+        except _Stopped:
+            assert self._stop is not None
+            return self._stop
         except Exception as exc:  # noqa: BLE001 - whatever the model API did ends the answer
-            self._queue.put_nowait(failure_of(exc, started=started,
-                                              stall_timeout=coach.settings.coach_stall_timeout))
-            return
-        self._queue.put_nowait(done)
-
-    def _why_stopped(self) -> Outcome:
-        if self._cancel_requested:
-            return Cancelled()
-        if self._cancelled_elsewhere:
-            return Cancelled(elsewhere=True)
-        return Lost()
-
-    async def _publish_stream(self) -> Outcome:
-        """Publish the queued text until an outcome arrives: with a window, all that is queued
-        as one delta, at least one window after the previous delta; without, each piece."""
-        window = self.coach.settings.coach_coalesce_ms / 1000
-        loop = asyncio.get_running_loop()
-        next_delta_at = 0.0
-        while True:
-            item = await self._queue.get()
-            pieces: list[str] = []
-            terminal: Outcome | None = None
-            if isinstance(item, str):
-                pieces.append(item)
-                if window > 0:
-                    wait = next_delta_at - loop.time()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    while not self._queue.empty() and terminal is None:
-                        more = self._queue.get_nowait()
-                        if isinstance(more, str):
-                            pieces.append(more)
-                        else:
-                            terminal = more
-            else:
-                terminal = item
-            if pieces:
-                await self._publish_delta("".join(pieces))
-                next_delta_at = loop.time() + window
-            if terminal is not None:
-                self._terminal = terminal
-                return terminal
+            return failure_of(exc, started=bool(self._parts),
+                              stall_timeout=coach.settings.coach_stall_timeout)
 
     async def _publish_delta(self, text: str) -> None:
+        """Publish the next delta (`read_answer` paces them by the window); raises `_Stopped`
+        once it has gone out if the answer was stopped meanwhile."""
+        self._waiting_for_model = False
         index = len(self._parts)
         self._parts.append(text)
         await self.coach.publish(self.user_id, {"type": "delta", "reply_id": self.reply_id,
                                                 "index": index, "text": text})
+        if self._stop is not None:
+            raise _Stopped
+        self._waiting_for_model = True
 
     # -- saving and finishing -----------------------------------------------------------------
 
     async def row_lost(self) -> None:
         """A save found the row no longer streaming: it was cancelled through another node
         (this task then announces it) or failed as dead; stop reading the model."""
+        elsewhere = False
         with contextlib.suppress(Exception):
             stored = await coach_queries.get_answer(self.coach.db, self.reply_id)
-            self._cancelled_elsewhere = bool(stored and stored["status"] == "cancelled")
-        if self._reader is not None:
-            self._reader.cancel()
-        else:
-            self._queue.put_nowait(self._why_stopped())
+            elsewhere = bool(stored and stored["status"] == "cancelled")
+        if self._terminal is None and self._stop is None:
+            self._request_stop(Cancelled(elsewhere=True) if elsewhere else Lost())
 
     async def _finish(self, outcome: Outcome) -> str | None:
         """Store the final status once and publish it; returns that status (None if lost)."""

@@ -17,16 +17,17 @@ The stream is read through the raw streaming response (`with_streaming_response`
 are split into server-sent-events lines here and each `data:` line is parsed with orjson (the
 client's own chunk objects cost about 90 us of CPU per chunk against about 10).
 
-Reads are paced by the coalescing window: after a read that brought text the reader sleeps one
-window, and its next read takes everything the model sent meanwhile (the HTTP client buffers
-it), so a fast model costs one pass through the client per window, not one per token.
+Reads are paced by the coalescing window: after a read that brought text, and its publication,
+the reader sleeps one window, and its next read takes everything the model sent meanwhile (the
+HTTP client buffers it), so a fast model costs one pass through the client, one publication and
+one wake-up per window, not one per token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,9 +74,11 @@ class ModelStreamError(Exception):
 
 
 async def read_answer(client: openai.AsyncOpenAI, settings: Settings,
-                      messages: list[dict[str, str]], put: Callable[[str], None]) -> Done:
+                      messages: list[dict[str, str]],
+                      put: Callable[[str], Awaitable[None]]) -> Done:
     """Stream the model's answer to `messages`, handing its text to `put` as it comes: the text
-    of each read as one piece when coalescing (`HUB_COACH_COALESCE_MS` > 0), else each chunk's.
+    of each read as one piece when coalescing (`HUB_COACH_COALESCE_MS` > 0), then one window of
+    sleep before the next read (so pieces are at least a window apart); else each chunk's.
 
     Returns how the answer finished; raises what the model API raised (see `failure_of`),
     `TimeoutError` when nothing came for a stall timeout, `ModelStreamError` for a stream that
@@ -99,7 +102,7 @@ async def read_answer(client: openai.AsyncOpenAI, settings: Settings,
                 if (stall.when() or now) - now < patience:
                     stall.reschedule(now + patience * 1.5)
                 pieces = stream.feed(data)
-                _hand_over(pieces, put, joined=window > 0)
+                await _hand_over(pieces, put, joined=window > 0)
                 if stream.failure is not None:
                     raise stream.failure
                 if stream.ended:
@@ -107,7 +110,7 @@ async def read_answer(client: openai.AsyncOpenAI, settings: Settings,
                 if pieces and window > 0:
                     await asyncio.sleep(window)
             else:
-                _hand_over(stream.end(), put, joined=False)
+                await _hand_over(stream.end(), put, joined=False)
                 if stream.failure is not None:
                     raise stream.failure
     if stream.finish_reason is None:
@@ -115,12 +118,13 @@ async def read_answer(client: openai.AsyncOpenAI, settings: Settings,
     return Done(stream.finish_reason, stream.usage)
 
 
-def _hand_over(pieces: list[str], put: Callable[[str], None], *, joined: bool) -> None:
+async def _hand_over(pieces: list[str], put: Callable[[str], Awaitable[None]], *,
+                     joined: bool) -> None:
     if joined and len(pieces) > 1:
-        put("".join(pieces))
+        await put("".join(pieces))
     else:
         for piece in pieces:
-            put(piece)
+            await put(piece)
 
 
 DONE: dict[str, Any] = {}

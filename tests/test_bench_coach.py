@@ -27,7 +27,8 @@ def test_the_coach_bench_streams_every_answer_to_every_watcher_and_reports(
         assert latency["tokens_measured"] == 3 * 2 * 30
         # The hub publishes a delta before anyone reads it (its clock in whole ms).
         assert latency["to_publication_p50"] <= latency["p50"] + 1
-        assert latency["first_tenth_p99"] == latency["first_tenth_p99"]  # measured: not NaN
+        for part in ("first_tenth_p99", "rest_p99"):
+            assert latency[part] == latency[part]  # measured: not NaN
         assert result["live_ack_ms_during"]["acks"] > 0
         assert result["hub_cpu_ms_per_answer"] > 0
     assert each_chunk["publications_per_answer"] == 30
