@@ -1,9 +1,11 @@
 """AI coach benchmark: many answers streaming at once, each watched by several subscribers.
 
 A scripted OpenAI-compatible server (tests/llm_server.py, its own process on the load core)
-streams every answer at `--rate` tokens per second; `--answers` athletes ask at once, each
-watched by `--watchers` connections on its `coach:` channel (raw WebSocket clients speaking
-the Centrifuge JSON protocol, bench/wsclient.py), for `--rounds` rounds. Beside it one device
+streams every answer at `--rate` tokens per second; `--answers` athletes, each watched by
+`--watchers` connections on its `coach:` channel (raw WebSocket clients speaking the
+Centrifuge JSON protocol, bench/wsclient.py), ask `--rounds` questions each: all at once (the
+worst burst), or each first within `--ask-spread` seconds, and the next one as soon as the
+answer before has reached every watcher. Beside it one device
 publishes set events into a live session on its own clock (`--live-rate` a second, open
 loop) and times each acknowledgement. The hub runs pinned to core 0, everything else to core
 1. It runs once per coalescing window in `--windows` (`0`: one publication per model chunk).
@@ -27,6 +29,7 @@ Reported per window:
     .venv/bin/python bench/coach.py --json coach.json
     .venv/bin/python bench/coach.py --postgres postgresql://postgres@127.0.0.1:5432/postgres
     .venv/bin/python bench/coach.py --answers 10 --rounds 1 --tokens 100   # a short run
+    .venv/bin/python bench/coach.py --ask-spread 2   # athletes asking on their own clocks
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -277,17 +281,10 @@ async def measure(args: argparse.Namespace, server: ServerProcess, model_url: st
     cpu.start()
     started = time.monotonic()
     asked: dict[str, str] = {}
-    for round_no in range(args.rounds):
-        replies = await asyncio.gather(*(
-            watchers[a][0].command("rpc", {"method": "coach.ask", "data": {
-                "text": f"bench question {a} round {round_no}"}}) for a in athletes))
-        for athlete, reply in zip(athletes, replies, strict=True):
-            asked[ok(reply)["rpc"]["data"]["reply_id"]] = athlete
-        deadline = time.monotonic() + args.tokens / args.rate * 4 + 30
-        while any(received.finished.get(r, 0) < args.watchers for r in asked):
-            if time.monotonic() > deadline:
-                raise RuntimeError("answers did not finish")
-            await asyncio.sleep(0.05)
+    spread = random.Random(7)
+    await asyncio.gather(*(
+        athlete_asks(args, watchers[a][0], a, spread.uniform(0, args.ask_spread), received, asked)
+        for a in athletes))
     wall = time.monotonic() - started
     busy = cpu.stop()
     stop.set()
@@ -397,6 +394,23 @@ def report(args: argparse.Namespace, window_ms: float, received: Received,
     }
 
 
+async def athlete_asks(args: argparse.Namespace, connection: Connection, athlete: str,
+                       delay: float, received: Received, asked: dict[str, str]) -> None:
+    """One athlete: after `delay`, asks `--rounds` questions, each once the answer before has
+    reached every watcher."""
+    await asyncio.sleep(delay)
+    for round_no in range(args.rounds):
+        reply = ok(await connection.command("rpc", {"method": "coach.ask", "data": {
+            "text": f"bench question {athlete} round {round_no}"}}))
+        reply_id = reply["rpc"]["data"]["reply_id"]
+        asked[reply_id] = athlete
+        deadline = time.monotonic() + args.tokens / args.rate * 4 + 30
+        while received.finished.get(reply_id, 0) < args.watchers:
+            if time.monotonic() > deadline:
+                raise RuntimeError("an answer did not finish")
+            await asyncio.sleep(0.05)
+
+
 def _request_for(by_question: dict[str, dict[str, Any]], athlete: str, reply_id: str,
                  asked: dict[str, str]) -> dict[str, Any] | None:
     """The model request of this answer: the athlete's question of the same round."""
@@ -431,7 +445,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--watchers", type=int, default=3, help="subscribers per answer")
     parser.add_argument("--rate", type=float, default=200.0, help="tokens/s of each answer")
     parser.add_argument("--tokens", type=int, default=400, help="tokens per answer")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="questions per athlete")
+    parser.add_argument("--ask-spread", type=float, default=0.0,
+                        help="each athlete's first question comes at a random moment within "
+                        "this many seconds (0: all at once; later ones follow each answer)")
     parser.add_argument("--windows", default="10,0",
                         help="coalescing windows in ms, comma-separated (0: none)")
     parser.add_argument("--quiet-seconds", type=float, default=5.0,

@@ -16,15 +16,15 @@ def test_the_coach_bench_streams_every_answer_to_every_watcher_and_reports(
     report = tmp_path / "coach.json"
     done = subprocess.run(
         [sys.executable, "bench/coach.py", "--answers", "3", "--watchers", "2", "--tokens", "30",
-         "--rounds", "1", "--windows", "10,0", "--quiet-seconds", "0.3",
+         "--rounds", "2", "--windows", "10,0", "--quiet-seconds", "0.3", "--ask-spread", "0.2",
          "--quiet-wait-seconds", "0", "--json", str(report)],
         cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     coalesced, each_chunk = json.loads(report.read_text())["results"]
     for result in (coalesced, each_chunk):
-        assert result["answers"] == 3 and result["tokens_per_answer"] == 30
+        assert result["answers"] == 2 * 3 and result["tokens_per_answer"] == 30  # all rounds
         latency = result["latency_ms"]
-        assert latency["tokens_measured"] == 3 * 2 * 30
+        assert latency["tokens_measured"] == 2 * 3 * 2 * 30  # rounds × answers × watchers × tokens
         # The hub publishes a delta before anyone reads it (its clock in whole ms).
         assert latency["to_publication_p50"] <= latency["p50"] + 1
         for part in ("first_tenth_p99", "rest_p99"):
