@@ -121,6 +121,8 @@ class RecordedRequest:
     body: dict[str, Any]
     headers: dict[str, str]
     behaviour: Behaviour
+    connection: int = 0
+    """Which connection it came on, numbered from 1 as they were accepted."""
     received_at: float = field(default_factory=time.monotonic)
     token_times: list[float] = field(default_factory=list)
     """`time.monotonic()` when each token was written (same clock in every process)."""
@@ -140,7 +142,8 @@ class RecordedRequest:
     def to_json(self) -> dict[str, Any]:
         return {"body": self.body, "behaviour": self.behaviour.to_json(),
                 "received_at": self.received_at, "token_times": self.token_times,
-                "closed_by_client_at": self.closed_by_client_at, "completed": self.completed}
+                "closed_by_client_at": self.closed_by_client_at, "completed": self.completed,
+                "connection": self.connection}
 
 
 class LLMServer:
@@ -155,6 +158,7 @@ class LLMServer:
         self._server: asyncio.Server | None = None
         self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._arrived = asyncio.Condition()
+        self._connections = 0
 
     @property
     def base_url(self) -> str:
@@ -197,16 +201,21 @@ class LLMServer:
         task = asyncio.current_task()
         assert task is not None
         self._handlers[task] = writer
+        self._connections += 1
+        connection = self._connections
         try:
-            await self._one_request(reader, writer)
+            while await self._one_request(reader, writer, connection):
+                pass
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             self._handlers.pop(task, None)
             writer.close()
 
-    async def _one_request(self, reader: asyncio.StreamReader,
-                           writer: asyncio.StreamWriter) -> None:
+    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           connection: int) -> bool:
+        """Answer one request; True when the connection stays open for the next (after a
+        stream that ended normally, as model APIs keep connections alive)."""
         head = await reader.readuntil(b"\r\n\r\n")
         request_line, *header_lines = head.decode("latin-1").split("\r\n")
         method, path, _ = request_line.split(" ", 2)
@@ -215,7 +224,8 @@ class LLMServer:
         body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
         path = path.split("?", 1)[0]
         if method == "POST" and path.endswith("/chat/completions"):
-            await self._chat(json.loads(body or b"{}"), headers, reader, writer)
+            return await self._chat(json.loads(body or b"{}"), headers, reader, writer,
+                                    connection)
         elif path == "/_script" and method == "POST":
             self._script_from_json(json.loads(body or b"{}"))
             await _respond(writer, 200, {"queued": len(self._queue)})
@@ -229,6 +239,7 @@ class LLMServer:
                 {"id": "scripted", "object": "model", "created": 0, "owned_by": "tests"}]})
         else:
             await _respond(writer, 404, {"error": {"message": f"no route {method} {path}"}})
+        return False
 
     def _script_from_json(self, spec: dict[str, Any] | list[dict[str, Any]]) -> None:
         for item in spec if isinstance(spec, list) else [spec]:
@@ -249,16 +260,17 @@ class LLMServer:
         return self.default
 
     async def _chat(self, body: dict[str, Any], headers: dict[str, str],
-                    reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                    reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    connection: int) -> bool:
         behaviour = self._choose(body)
-        record = RecordedRequest(body, headers, behaviour)
+        record = RecordedRequest(body, headers, behaviour, connection)
         async with self._arrived:
             self.requests.append(record)
             self._arrived.notify_all()
         if behaviour.header_delay:
             if math.isinf(behaviour.header_delay):
                 await _until_closed(reader, record)
-                return
+                return False
             await asyncio.sleep(behaviour.header_delay)
         if behaviour.status != 200:
             extra = {} if behaviour.retry_after is None else {
@@ -267,7 +279,7 @@ class LLMServer:
                 "message": behaviour.error_message, "code": None, "param": None,
                 "type": _ERROR_TYPES.get(behaviour.status, "server_error")}}, extra)
             record.completed = True
-            return
+            return False
         model = str(body.get("model", "scripted"))
         tokens = tokens_of(behaviour.text)
         finish = behaviour.finish_reason
@@ -277,16 +289,18 @@ class LLMServer:
         if not body.get("stream"):
             await _respond(writer, 200, _completion(model, "".join(tokens), finish, body, tokens))
             record.completed = True
-            return
-        await self._stream(writer, reader, record, model, tokens, finish)
+            return False
+        return await self._stream(writer, reader, record, model, tokens, finish)
 
     async def _stream(self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader,
                       record: RecordedRequest, model: str, tokens: list[str],
-                      finish: str) -> None:
+                      finish: str) -> bool:
+        """Stream the answer; True when it ended normally and the connection stays open."""
         behaviour, body = record.behaviour, record.body
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                     b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n"
-                     b"connection: close\r\n\r\n")
+                     b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
+        # Watches for the client closing mid-answer. It reads the connection, so it is stopped
+        # before the last bytes: only then may the client send its next request on it.
         closed = asyncio.ensure_future(_until_closed(reader, record))
         chunk_id = f"chatcmpl-{len(self.requests)}"
         try:
@@ -297,23 +311,23 @@ class LLMServer:
             for start in range(0, len(tokens), per_chunk):
                 if behaviour.break_after is not None and start >= behaviour.break_after:
                     writer.transport.abort()
-                    return
+                    return False
                 if behaviour.error_after is not None and start >= behaviour.error_after:
                     await _send_event(writer, {"error": {
                         "message": behaviour.error_message, "type": "server_error"}})
                     writer.write(_http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
                     await writer.drain()
                     record.completed = True
-                    return
+                    return False
                 if behaviour.hang_after is not None and start >= behaviour.hang_after:
                     await closed
-                    return
+                    return False
                 if behaviour.tokens_per_second:
                     delay = started + start / behaviour.tokens_per_second - time.monotonic()
                     if delay > 0:
                         await asyncio.wait([closed], timeout=delay)
                 if closed.done():
-                    return
+                    return False
                 piece = "".join(tokens[start:start + per_chunk])
                 await _send_event(writer, _chunk(chunk_id, model, {"content": piece}, None))
                 record.token_times.extend([time.monotonic()] * len(tokens[start:start + per_chunk]))
@@ -322,9 +336,14 @@ class LLMServer:
                 usage_chunk = _chunk(chunk_id, model, None, None)
                 usage_chunk["usage"] = _usage(body, tokens)
                 await _send_event(writer, usage_chunk)
+            closed.cancel()
+            await asyncio.wait([closed])
+            if record.closed_by_client_at is not None:
+                return False
             writer.write(_http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
             await writer.drain()
             record.completed = True
+            return True
         finally:
             closed.cancel()
 

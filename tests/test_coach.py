@@ -45,6 +45,29 @@ async def test_answer_streams_as_ordered_deltas_that_concatenate_to_the_answer(
     assert history[1]["reply_to"] == asked["message_id"]
 
 
+async def test_the_model_api_connection_is_kept_for_the_next_answer_and_dropped_on_cancel(
+        coach_hub: CoachHub, llm: LLMServer, connect: ConnectClient) -> None:
+    hub = await coach_hub()
+    llm.script(Behaviour(text=ANSWER, tokens_per_second=200),
+               Behaviour(text=ANSWER, tokens_per_second=200),
+               Behaviour(text=" ".join(["long"] * 300), tokens_per_second=20),
+               Behaviour(text=ANSWER, tokens_per_second=200))
+    ann, _ = await connect("ann", target=hub)
+    _, events = await subscribe(ann, "coach:ann")
+    for question in ("One?", "Two?"):
+        asked = await rpc(ann, "coach.ask", {"text": question})
+        assert (await until_terminal(events, asked["reply_id"]))["type"] == "done"
+    long = await rpc(ann, "coach.ask", {"text": "Three?"})
+    await eventually(lambda: len(deltas(events, long["reply_id"])) >= 2)
+    assert await rpc(ann, "coach.cancel", {"reply_id": long["reply_id"]}) == {"cancelled": True}
+    asked = await rpc(ann, "coach.ask", {"text": "Four?"})
+    assert (await until_terminal(events, asked["reply_id"]))["type"] == "done"
+
+    first, second, cancelled, after = (r.connection for r in llm.requests)
+    assert first == second == cancelled  # a finished answer leaves its connection reusable
+    assert after != cancelled  # a cancelled stream's connection is closed, not reused
+
+
 async def test_a_trainer_and_a_second_device_watch_the_same_stream(
         coach_hub: CoachHub, llm: LLMServer, connect: ConnectClient) -> None:
     hub = await coach_hub()
