@@ -152,8 +152,10 @@ class Answer:
 
     A stop from outside (`cancel`, `row_lost`) interrupts the task only while it waits for the
     model (the request, a read, the window between two reads), which closes the model's stream
-    at once; a publication under way is never interrupted (its delta would be lost to the
-    watchers but kept in the text): the stop then takes effect when it has gone out."""
+    at once. Neither a publication under way (`HubAPI.publish` promises nothing about being
+    cancelled part-way, and a delta kept in the text but lost to the watchers would break the
+    clients' invariant, module doc) nor the prompt's reads are interrupted: the stop takes
+    effect after."""
 
     def __init__(self, coach: Coach, user_id: str, question_id: str, reply_id: str,
                  messages_of: PromptSource) -> None:
