@@ -22,7 +22,8 @@ Reported per window:
   hub spaces them by the window, a reader that falls behind reads two in one go), and the
   closest two consecutive deltas of one answer by their publication times, the hub's own
   clock in whole ms (at least the window less 1 ms: never two publications in one window);
-- hub CPU per answer (ms of core time) and the hub core's load;
+- hub CPU per answer (ms of core time) and the hub core's load, and the hub's own stalls
+  (garbage collections, loop lag over 25 and 100 ms) from its metrics;
 - the live session's acknowledgement latency during the coach load and, first, alone (after
   a second of warm-up, for `--quiet-seconds`).
 
@@ -55,6 +56,7 @@ import uvloop
 from fanout import LOAD_CORE, SERVER_CORE, prepare_process, wait_quiet
 from ingest import fresh_database
 from procstat import CpuWindow, process_tree
+from prometheus_client.parser import text_string_to_metric_families
 from servers import REPO_ROOT, ServerProcess, free_port, pinned, start_hub, wait_healthy
 from wsclient import WebSocketClient, open_websocket
 
@@ -298,8 +300,38 @@ async def measure(args: argparse.Namespace, server: ServerProcess, model_url: st
 
     async with httpx.AsyncClient(timeout=30) as http:
         requests = (await http.get(f"{model_url}/_requests")).json()
-    return report(args, window_ms, received, asked, requests, answer_text, mono_minus_wall_ns,
-                  busy, wall, alone, during)
+        metrics = (await http.get(f"http://127.0.0.1:{server.port}/metrics")).text
+    result = report(args, window_ms, received, asked, requests, answer_text, mono_minus_wall_ns,
+                    busy, wall, alone, during)
+    result["hub_stalls"] = hub_stalls(metrics)
+    return result
+
+
+def hub_stalls(metrics: str) -> dict[str, Any]:
+    """The hub's own stalls over its whole run, from its metrics (`hub/stalls.py`): garbage
+    collections by generation, and how often its 50 ms timer ran over 25 and 100 ms late. A
+    p99 made by one stall shows here when the stall was the hub's; when it shows nothing, the
+    stall was elsewhere (the database, the machine)."""
+    gc: dict[str, dict[str, float]] = {}
+    lag: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name.startswith("fitsync_gc_pause_seconds_"):
+                kind = sample.name.rsplit("_", 1)[1]
+                if kind in ("count", "sum"):
+                    gc.setdefault(sample.labels["generation"], {})[kind] = sample.value
+            elif sample.name == "fitsync_event_loop_lag_seconds_bucket":
+                lag[sample.labels["le"]] = sample.value
+            elif sample.name == "fitsync_event_loop_lag_seconds_count":
+                lag["+Inf"] = sample.value
+    total = lag.get("+Inf", 0.0)
+    return {
+        "gc": {generation: {"collections": int(v.get("count", 0)),
+                            "ms": round(v.get("sum", 0.0) * 1000, 1)}
+               for generation, v in sorted(gc.items())},
+        "loop_lag_over_25ms": int(total - lag.get("0.025", total)),
+        "loop_lag_over_100ms": int(total - lag.get("0.1", total)),
+    }
 
 
 def report(args: argparse.Namespace, window_ms: float, received: Received,
@@ -428,8 +460,9 @@ def render(results: list[dict[str, Any]]) -> str:
     rows = [("| window | tokens/answer | deltas/answer | most per window (read) | closest deltas"
              " (published) | added p50 / p99 / max ms | p99 beyond window |"
              " p99 first tenth / rest |"
-             " to publication p50 / p99 | hub CPU/answer | live ack p50/p90/p99 alone | during |"),
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             " to publication p50 / p99 | hub CPU/answer | live ack p50/p90/p99 alone | during |"
+             " hub stalls: gc gen 2 (ms), lag > 25 / 100 ms |"),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lat, alone, during = r["latency_ms"], r["live_ack_ms_alone"], r["live_ack_ms_during"]
         rows.append(
@@ -441,8 +474,15 @@ def render(results: list[dict[str, Any]]) -> str:
             f"{lat['to_publication_p99']} | "
             f"{r['hub_cpu_ms_per_answer']} ms | "
             f"{alone['p50']} / {alone['p90']} / {alone['p99']} ms | "
-            f"{during['p50']} / {during['p90']} / {during['p99']} ms |")
+            f"{during['p50']} / {during['p90']} / {during['p99']} ms | "
+            f"{_stalls_cell(r['hub_stalls'])} |")
     return "\n".join(rows)
+
+
+def _stalls_cell(stalls: dict[str, Any]) -> str:
+    full = stalls["gc"].get("2", {"collections": 0, "ms": 0.0})
+    return (f"{full['collections']} ({full['ms']}), {stalls['loop_lag_over_25ms']} / "
+            f"{stalls['loop_lag_over_100ms']}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
