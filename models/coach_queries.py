@@ -251,14 +251,21 @@ async def prompt_rows(
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
     """What the coach's prompt is made of, read on one connection: the user's active session
     (else the latest; None without any), its last `sets` sets (as `recent_sets`), and the last
-    `messages` of the conversation (as `queries.coach_history`)."""
+    `messages` turns of the conversation, oldest first, each only what a prompt uses:
+    `message_id`, `role`, `text` and `status` (`coach.history` items less their times)."""
     if db.dialect == "postgresql":
         return await coach_queries_pg.prompt_rows(db, user_id, sets=sets, messages=messages)
+    cm = coach_messages
+    latest_turns = (
+        select(cm.c.id.label("message_id"), cm.c.role, cm.c.text, cm.c.status)
+        .where(cm.c.user_id == user_id)
+        .order_by(cm.c.created_at.desc(), cm.c.id.desc()).limit(messages)
+    )
     async with db.read() as conn:
         session = await queries.active_session(conn, user_id)
         if session is None:
             latest = await queries.recent_sessions(conn, user_id, 1)
             session = latest[0] if latest else None
         recent = [] if session is None else await recent_sets(conn, session["session_id"], sets)
-        history = await queries.coach_history(conn, user_id, limit=messages)
-    return session, recent, history
+        turns = [dict(r._mapping) for r in reversed((await conn.execute(latest_turns)).all())]
+    return session, recent, turns

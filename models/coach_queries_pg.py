@@ -21,7 +21,7 @@ import orjson
 
 from models.coach_refusals import AnswerInProgress, TooManyAsks
 from models.db import Database
-from models.queries import message_dict, session_dict
+from models.queries import session_dict
 from models.tables import utcnow
 
 _ASKED_SINCE = """SELECT count(*) FROM coach_messages
@@ -51,8 +51,8 @@ ORDER BY status = 'active' DESC, started_at DESC, id DESC LIMIT 1"""
 _RECENT_SETS = """SELECT exercise, reps, weight_kg, rpe FROM session_events
 WHERE session_id = $1 AND kind = 'set' ORDER BY id DESC LIMIT $2"""
 
-_LATEST_MESSAGES = """SELECT * FROM coach_messages WHERE user_id = $1
-ORDER BY created_at DESC, id DESC LIMIT $2"""
+_LATEST_TURNS = """SELECT id AS message_id, role, text, status FROM coach_messages
+WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"""
 
 
 async def begin_ask(
@@ -97,6 +97,5 @@ async def prompt_rows(
         session = None if row is None else session_dict(SimpleNamespace(**row), utcnow())
         recent = [] if row is None else [
             dict(r) for r in reversed(await conn.fetch(_RECENT_SETS, row["id"], sets))]
-        history = [message_dict(SimpleNamespace(**r))
-                   for r in reversed(await conn.fetch(_LATEST_MESSAGES, user_id, messages))]
-    return session, recent, history
+        turns = [dict(r) for r in reversed(await conn.fetch(_LATEST_TURNS, user_id, messages))]
+    return session, recent, turns

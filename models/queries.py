@@ -291,7 +291,7 @@ async def active_session(
 # --- coach messages ----------------------------------------------------------------------
 
 
-def message_dict(row: Any) -> dict[str, Any]:
+def _message_dict(row: Any) -> dict[str, Any]:
     """A `coach.history` item from a row (anything with its columns as attributes)."""
     item: dict[str, Any] = {
         "message_id": row.id,
@@ -335,7 +335,7 @@ async def add_coach_message(
     }
     async with db.write() as conn:
         await conn.execute(coach_messages.insert().values(values))
-    return message_dict(SimpleNamespace(**values))
+    return _message_dict(SimpleNamespace(**values))
 
 
 async def update_coach_message(
@@ -391,4 +391,4 @@ async def coach_history(
     stmt = stmt.order_by(cm.c.created_at.desc(), cm.c.id.desc()).limit(limit)
     async with Database.reading(db) as conn:
         rows = (await conn.execute(stmt)).all()
-    return [message_dict(r) for r in reversed(rows)]
+    return [_message_dict(r) for r in reversed(rows)]
