@@ -17,6 +17,8 @@ Reported per window:
   rest (steady streaming), and the
   same from the model's write to the hub's publication of the delta (the hub's clock, whole
   ms: without the subscribers' own delay on the load core);
+- from sending a question to reading its answer's first delta (p50 / p99 over answers: the
+  hub's ask, prompt and model request; the scripted model sends its first token at once);
 - publications per answer (deltas), tokens per answer, and the most deltas of one answer a
   subscriber first read within any one window (1: at most one publication per window; the
   hub spaces them by the window, a reader that falls behind reads two in one go), and the
@@ -153,6 +155,8 @@ class Received:
     published_ms: dict[str, dict[int, int]] = field(default_factory=dict)
     finished: dict[str, int] = field(default_factory=dict)
     """Terminal publications read, per reply id (one per watcher)."""
+    asked_ns: dict[str, int] = field(default_factory=dict)
+    """When each question was sent (wall clock ns, as the read times), by reply id."""
 
     def on_pub(self, data: dict[str, Any], now_ns: int, published_ms: int) -> None:
         kind = data.get("type")
@@ -354,6 +358,8 @@ def report(args: argparse.Namespace, window_ms: float, received: Received,
     to_publication: list[float] = []
     """From the model's write to the hub's publication (its clock, whole ms): no reader's delay."""
     per_answer: list[int] = []
+    to_first_delta: list[float] = []
+    """From sending the question to the first read of the answer's first delta."""
     crowded = 0
     closest_ms: float = float("inf")
     window_ns = window_ms * 1e6
@@ -389,6 +395,8 @@ def report(args: argparse.Namespace, window_ms: float, received: Received,
         first_read: dict[int, int] = {}
         for index, _, read_ns in seen:
             first_read[index] = min(read_ns, first_read.get(index, read_ns))
+        if 0 in first_read and reply_id in received.asked_ns:
+            to_first_delta.append((first_read[0] - received.asked_ns[reply_id]) / 1e6)
         firsts = sorted(first_read.values())
         if window_ns:
             for i in range(len(firsts)):
@@ -412,6 +420,8 @@ def report(args: argparse.Namespace, window_ms: float, received: Received,
                        "to_publication_p50": round(percentile(to_publication, 0.5), 2),
                        "to_publication_p99": round(percentile(to_publication, 0.99), 2),
                        "tokens_measured": len(latencies)},
+        "ask_to_first_delta_ms": {"p50": round(percentile(to_first_delta, 0.5), 2),
+                                  "p99": round(percentile(to_first_delta, 0.99), 2)},
         "publications_per_answer": round(statistics.mean(per_answer), 1) if per_answer else 0,
         "most_deltas_within_one_window": crowded if window_ns else None,
         "closest_deltas_published_ms": None if closest_ms == float("inf") else closest_ms,
@@ -437,10 +447,12 @@ async def athlete_asks(args: argparse.Namespace, connection: Connection, athlete
     reached every watcher."""
     await asyncio.sleep(delay)
     for round_no in range(args.rounds):
+        sent_ns = time.time_ns()
         reply = ok(await connection.command("rpc", {"method": "coach.ask", "data": {
             "text": f"bench question {athlete} round {round_no}"}}))
         reply_id = reply["rpc"]["data"]["reply_id"]
         asked[reply_id] = athlete
+        received.asked_ns[reply_id] = sent_ns
         deadline = time.monotonic() + args.tokens / args.rate * 4 + 30
         while received.finished.get(reply_id, 0) < args.watchers:
             if time.monotonic() > deadline:
@@ -460,9 +472,10 @@ def render(results: list[dict[str, Any]]) -> str:
     rows = [("| window | tokens/answer | deltas/answer | most per window (read) | closest deltas"
              " (published) | added p50 / p99 / max ms | p99 beyond window |"
              " p99 first tenth / rest |"
-             " to publication p50 / p99 | hub CPU/answer | live ack p50/p90/p99 alone | during |"
+             " to publication p50 / p99 | ask to first delta p50 / p99 | hub CPU/answer |"
+             " live ack p50/p90/p99 alone | during |"
              " hub stalls: gc gen 2 (ms), lag > 25 / 100 ms |"),
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lat, alone, during = r["latency_ms"], r["live_ack_ms_alone"], r["live_ack_ms_during"]
         rows.append(
@@ -471,8 +484,8 @@ def render(results: list[dict[str, Any]]) -> str:
             f"{r['closest_deltas_published_ms']} ms | "
             f"{lat['p50']} / {lat['p99']} / {lat['max']} | {lat['p99_beyond_window']} | "
             f"{lat['first_tenth_p99']} / {lat['rest_p99']} | {lat['to_publication_p50']} / "
-            f"{lat['to_publication_p99']} | "
-            f"{r['hub_cpu_ms_per_answer']} ms | "
+            f"{lat['to_publication_p99']} | {r['ask_to_first_delta_ms']['p50']} / "
+            f"{r['ask_to_first_delta_ms']['p99']} ms | {r['hub_cpu_ms_per_answer']} ms | "
             f"{alone['p50']} / {alone['p90']} / {alone['p99']} ms | "
             f"{during['p50']} / {during['p90']} / {during['p99']} ms | "
             f"{_stalls_cell(r['hub_stalls'])} |")

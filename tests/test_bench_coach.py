@@ -29,6 +29,8 @@ def test_the_coach_bench_streams_every_answer_to_every_watcher_and_reports(
         assert latency["to_publication_p50"] <= latency["p50"] + 1
         for part in ("first_tenth_p99", "rest_p99"):
             assert latency[part] == latency[part]  # measured: not NaN
+        first = result["ask_to_first_delta_ms"]
+        assert 0 < first["p50"] <= first["p99"]
         assert set(result["hub_stalls"]["gc"]) == {"0", "1", "2"}  # read from the hub
         assert result["hub_stalls"]["loop_lag_over_25ms"] >= 0
         for acks in (result["live_ack_ms_alone"], result["live_ack_ms_during"]):
