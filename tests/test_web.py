@@ -50,7 +50,7 @@ async def trainer_watching(open_page: OpenPage, hub: RunningHub, client: str) ->
     """The demo trainer's page, on the client's page; the client is live already."""
     web = await open_page(hub, "demo-trainer", "trainer")
     await web.page.click(f'.card[data-user="{client}"][data-live=true]', timeout=15_000)
-    await web.page.wait_for_selector("section.session")
+    await web.shows("section.session")
     return web
 
 
@@ -66,7 +66,7 @@ async def test_trainer_sees_a_simulated_clients_sets_appear_live_and_the_chart_g
     session_id = await watch.start_session("leg day")
 
     await web.page.click(f'.card[data-user="{client}"][data-live=true]', timeout=15_000)
-    await web.page.wait_for_selector("section.session")
+    await web.shows("section.session")
     first = await watch.run(session_id, count=4)
     beats = await strap.run(session_id, count=3)
     await wait_for_rows(web, 4)

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.harness import RunningHub
 
@@ -52,6 +53,16 @@ class WebPage:
         result: dict[str, Any] = await self.page.evaluate(
             "() => ({...window.fitsyncMetrics, state: window.fitsyncState.history})")
         return result
+
+    async def shows(self, selector: str) -> None:
+        """Wait until `selector` is visible; when it never is, fail saying what the page shows
+        (its address and the start of its body), so a failure can be read afterwards."""
+        try:
+            await self.page.wait_for_selector(selector, timeout=2 * WAIT_MS)
+        except PlaywrightTimeoutError:
+            shown = await self.page.evaluate(
+                "() => location.href + '\\n' + document.body.outerHTML.slice(0, 3000)")
+            raise AssertionError(f"{selector} was never shown; the page:\n{shown}") from None
 
     async def wait_for(self, expression: str, arg: Any = None) -> Any:
         """Wait until the JavaScript function `expression` returns something truthy."""

@@ -20,6 +20,8 @@ export class TrainerApp {
     this.live = new Map(); // session id → LiveSession (one subscription each, shared by views)
     this.cards = new Map(); // user_id → card element
     this.detail = null;
+    this.rosterLoad = null; // the roster load in flight, if any
+    this.rosterStale = false; // its reply may predate what the roster feed said since
     this.root = h("div.trainer");
   }
 
@@ -35,8 +37,24 @@ export class TrainerApp {
     await this.loadRoster();
   }
 
-  async loadRoster() {
-    const { clients } = await rpc(this.client, "trainer.clients");
+  /** Load the roster. One load at a time: asked again while one is in flight, or given a
+   * roster event meanwhile, the load asks once more, since a reply computed before that event
+   * (RPC replies need not come in order) would undo it, a live client shown as not training. */
+  loadRoster() {
+    if (this.rosterLoad) {
+      this.rosterStale = true;
+      return this.rosterLoad;
+    }
+    this.rosterLoad = this._loadFreshRoster().finally(() => { this.rosterLoad = null; });
+    return this.rosterLoad;
+  }
+
+  async _loadFreshRoster() {
+    let clients;
+    do {
+      this.rosterStale = false;
+      ({ clients } = await rpc(this.client, "trainer.clients"));
+    } while (this.rosterStale);
     for (const c of clients) {
       this.clients.set(c.user_id, { ...this.clients.get(c.user_id), ...c });
       if (c.live_session_id) this._watch(c.live_session_id);
@@ -62,6 +80,7 @@ export class TrainerApp {
   }
 
   _feed(event) {
+    if (this.rosterLoad) this.rosterStale = true;
     const known = this.clients.get(event.user_id);
     if (!known) return this.loadRoster(); // a client linked since the roster was loaded
     if (event.type === "client_session_started") {
