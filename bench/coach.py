@@ -5,10 +5,10 @@ streams every answer at `--rate` tokens per second; `--answers` athletes, each w
 `--watchers` connections on its `coach:` channel (raw WebSocket clients speaking the
 Centrifuge JSON protocol, bench/wsclient.py), ask `--rounds` questions each: all at once (the
 worst burst), or each first within `--ask-spread` seconds, and the next one as soon as the
-answer before has reached every watcher. Beside it one device
-publishes set events into a live session on its own clock (`--live-rate` a second, open
-loop) and times each acknowledgement. The hub runs pinned to core 0, everything else to core
-1. It runs once per coalescing window in `--windows` (`0`: one publication per model chunk).
+answer before has reached every watcher. Beside it one device publishes set events into a live
+session on its own clock (`--live-rate` a second, open loop) and times each acknowledgement.
+The hub runs pinned to core 0, everything else to core 1. It runs once per coalescing window in
+`--windows` (`0`: one publication per model chunk).
 
 Reported per window:
 - added latency: from the moment the model server wrote a token to the moment a subscriber
@@ -185,6 +185,8 @@ class LiveDevice:
         self.rate = rate
         self.acks: list[tuple[float, float]] = []
         """(sent at, on the monotonic clock; ack latency in ms), in the order acks came."""
+        self.refused: list[dict[str, Any]] = []
+        """Replies that were errors: the bench fails with them once the device stops."""
         self._seq = 0
 
     async def open(self, server: ServerProcess) -> None:
@@ -213,11 +215,16 @@ class LiveDevice:
                 await asyncio.wait_for(stop.wait(), max(0.0, next_at - loop.time()))
         if waiting:
             await asyncio.wait(waiting, timeout=10)
+        if self.refused:
+            raise RuntimeError(f"the hub refused {len(self.refused)} live events: "
+                               f"{self.refused[0]['error']}")
 
     def _timer(self, sent: float) -> Any:
         def acked(reply: asyncio.Future[dict[str, Any]]) -> None:
-            ok(reply.result())
-            self.acks.append((sent, (time.monotonic() - sent) * 1000))
+            if "error" in reply.result():
+                self.refused.append(reply.result())
+            else:
+                self.acks.append((sent, (time.monotonic() - sent) * 1000))
         return acked
 
     def latencies(self, start: float, end: float) -> list[float]:
