@@ -153,8 +153,11 @@ class Received:
 
     deltas: dict[str, list[tuple[int, str, int]]] = field(default_factory=dict)
     published_ms: dict[str, dict[int, int]] = field(default_factory=dict)
+    watchers: int = 1
     finished: dict[str, int] = field(default_factory=dict)
     """Terminal publications read, per reply id (one per watcher)."""
+    seen_by_all: dict[str, asyncio.Event] = field(default_factory=dict)
+    """Set once every watcher has read the answer's terminal publication (`finished_event`)."""
     asked_ns: dict[str, int] = field(default_factory=dict)
     """When each question was sent (wall clock ns, as the read times), by reply id."""
 
@@ -165,7 +168,13 @@ class Received:
                 (data["index"], data["text"], now_ns))
             self.published_ms.setdefault(data["reply_id"], {})[data["index"]] = published_ms
         elif kind in ("done", "error", "cancelled"):
-            self.finished[data["reply_id"]] = self.finished.get(data["reply_id"], 0) + 1
+            reply_id = data["reply_id"]
+            self.finished[reply_id] = self.finished.get(reply_id, 0) + 1
+            if self.finished[reply_id] >= self.watchers:
+                self.finished_event(reply_id).set()
+
+    def finished_event(self, reply_id: str) -> asyncio.Event:
+        return self.seen_by_all.setdefault(reply_id, asyncio.Event())
 
 
 def ok(reply: dict[str, Any]) -> dict[str, Any]:
@@ -270,7 +279,7 @@ async def bench_window_on(args: argparse.Namespace, window_ms: float,
 
 async def measure(args: argparse.Namespace, server: ServerProcess, model_url: str,
                   answer_text: str, window_ms: float) -> dict[str, Any]:
-    received = Received()
+    received = Received(watchers=args.watchers)
     athletes = [f"athlete-{n}" for n in range(args.answers)]
     watchers: dict[str, list[Connection]] = {}
     for athlete in athletes:
@@ -460,11 +469,11 @@ async def athlete_asks(args: argparse.Namespace, connection: Connection, athlete
         reply_id = reply["rpc"]["data"]["reply_id"]
         asked[reply_id] = athlete
         received.asked_ns[reply_id] = sent_ns
-        deadline = time.monotonic() + args.tokens / args.rate * 4 + 30
-        while received.finished.get(reply_id, 0) < args.watchers:
-            if time.monotonic() > deadline:
-                raise RuntimeError("an answer did not finish")
-            await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(received.finished_event(reply_id).wait(),
+                                   args.tokens / args.rate * 4 + 30)
+        except TimeoutError:
+            raise RuntimeError("an answer did not finish") from None
 
 
 def _request_for(by_question: dict[str, dict[str, Any]], athlete: str, reply_id: str,
