@@ -59,7 +59,15 @@ from fanout import LOAD_CORE, SERVER_CORE, prepare_process, wait_quiet
 from ingest import fresh_database
 from procstat import CpuWindow, process_tree
 from prometheus_client.parser import text_string_to_metric_families
-from servers import REPO_ROOT, ServerProcess, free_port, pinned, start_hub, wait_healthy
+from servers import (
+    REPO_ROOT,
+    ServerProcess,
+    free_port,
+    pinned,
+    start_coach_baseline,
+    start_hub,
+    wait_healthy,
+)
 from wsclient import WebSocketClient, open_websocket
 
 from hub import auth
@@ -266,7 +274,10 @@ async def bench_window_on(args: argparse.Namespace, window_ms: float,
             "HUB_COACH_COALESCE_MS": str(window_ms), "HUB_COACH_ASKS_PER_MINUTE": "100000",
             "HUB_COACH_MAX_TOKENS": str(args.tokens + 10),
         }
-        server = start_hub(SERVER_CORE, database_url, settings)
+        if args.server == "baseline":
+            server = start_coach_baseline(SERVER_CORE, database_url, settings)
+        else:
+            server = start_hub(SERVER_CORE, database_url, settings)
         try:
             wait_healthy(server)
             return await measure(args, server, model_url, answer_text, window_ms)
@@ -320,10 +331,12 @@ async def measure(args: argparse.Namespace, server: ServerProcess, model_url: st
 
     async with httpx.AsyncClient(timeout=30) as http:
         requests = (await http.get(f"{model_url}/_requests")).json()
-        metrics = (await http.get(f"http://127.0.0.1:{server.port}/metrics")).text
+        metrics = None if args.server == "baseline" else (
+            await http.get(f"http://127.0.0.1:{server.port}/metrics")).text
     result = report(args, window_ms, received, asked, requests, answer_text, mono_minus_wall_ns,
                     busy, wall, alone, during)
-    result["hub_stalls"] = hub_stalls(metrics)
+    result["server"] = args.server
+    result["hub_stalls"] = None if metrics is None else hub_stalls(metrics)
     return result
 
 
@@ -495,7 +508,8 @@ def render(results: list[dict[str, Any]]) -> str:
     for r in results:
         lat, alone, during = r["latency_ms"], r["live_ack_ms_alone"], r["live_ack_ms_during"]
         rows.append(
-            f"| {r['window_ms']:g} ms | {r['tokens_per_answer']} | "
+            f"| {r['window_ms']:g} ms{' (baseline)' if r['server'] == 'baseline' else ''} | "
+            f"{r['tokens_per_answer']} | "
             f"{r['publications_per_answer']} | {r['most_deltas_within_one_window'] or '-'} | "
             f"{r['closest_deltas_published_ms']} ms | "
             f"{lat['p50']} / {lat['p99']} / {lat['max']} | {lat['p99_beyond_window']} | "
@@ -508,7 +522,9 @@ def render(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def _stalls_cell(stalls: dict[str, Any]) -> str:
+def _stalls_cell(stalls: dict[str, Any] | None) -> str:
+    if stalls is None:
+        return "-"
     full = stalls["gc"].get("2", {"collections": 0, "ms": 0.0})
     return (f"{full['collections']} ({full['ms']}), {stalls['loop_lag_over_25ms']} / "
             f"{stalls['loop_lag_over_100ms']}")
@@ -534,6 +550,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="wait up to this long for idle cores first")
     parser.add_argument("--postgres", help="admin URL of a PostgreSQL server: the hub stores "
                         "into a fresh database there (default: SQLite in a temporary directory)")
+    parser.add_argument("--server", choices=("hub", "baseline"), default="hub",
+                        help="baseline: bench/coach_baseline_server.py, the same traffic on "
+                        "plain websockets with the hub's model reader and nothing else")
     parser.add_argument("--json", help="write the results here")
     return parser.parse_args(argv)
 

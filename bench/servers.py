@@ -103,6 +103,22 @@ def start_storm_baseline(core: int) -> ServerProcess:
     return _launch("storm-baseline", pinned(command, core), port, dict(os.environ))
 
 
+def start_coach_baseline(core: int, database_url: str | None,
+                         settings: dict[str, str]) -> ServerProcess:
+    """`coach_baseline_server.py`: the coach bench's traffic on plain `websockets`, with the
+    hub's model reader and `settings` (`HUB_COACH_*`), events stored in `database_url`."""
+    port = free_port()
+    command = [sys.executable, str(BENCH_DIR / "coach_baseline_server.py"), "--port", str(port)]
+    if database_url:
+        command += ["--database-url", database_url]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env.update(settings)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    server = _launch("coach-baseline", pinned(command, core), port, env)
+    server.jwt_secret = secrets.token_urlsafe(32)  # the bench mints tokens; nobody checks them
+    return server
+
+
 WS_BASELINE_DIR = BENCH_DIR / "ws_baseline"
 
 

@@ -45,6 +45,25 @@ def test_the_coach_bench_streams_every_answer_to_every_watcher_and_reports(
     assert "| 10 ms | 30 |" in done.stdout
 
 
+def test_the_coach_baseline_streams_the_same_load_and_is_reported_as_the_baseline(
+        tmp_path: Path) -> None:
+    report = tmp_path / "baseline.json"
+    done = subprocess.run(
+        [sys.executable, "bench/coach.py", "--server", "baseline", "--answers", "3",
+         "--watchers", "2", "--tokens", "30", "--rounds", "2", "--windows", "10",
+         "--quiet-seconds", "0.3", "--quiet-wait-seconds", "0", "--json", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (result,) = json.loads(report.read_text())["results"]
+    assert result["server"] == "baseline" and result["hub_stalls"] is None  # no hub metrics
+    assert result["latency_ms"]["tokens_measured"] == 2 * 3 * 2 * 30  # every token, everyone
+    assert 0 < result["publications_per_answer"] <= 30  # coalesced by the hub's own reader
+    assert result["closest_deltas_published_ms"] >= 8
+    for acks in (result["live_ack_ms_alone"], result["live_ack_ms_during"]):
+        assert acks["acks"] > 0  # each one answered after its commit
+    assert "| 10 ms (baseline) | 30 |" in done.stdout
+
+
 def test_the_coach_queries_bench_reports_cpu_per_ask_and_step(tmp_path: Path) -> None:
     report = tmp_path / "coach_queries.json"
     done = subprocess.run(
