@@ -6,6 +6,14 @@ committed (grouped with other events in one transaction), then broadcast with ru
 The publish reply is the device's acknowledgement, so it is sent only after the commit; a
 repeated `event_id` is acknowledged again but neither stored nor broadcast twice (a unique
 constraint enforces it, whichever node the retry lands on).
+
+A broadcast can fail after its commit (the broker unreachable): the device is told to retry and
+its retry is a duplicate. The channel's history then tells whether the event went out: when it
+holds the publications since the event's commit and the event is not among them, the retry
+broadcasts the stored event (counted as `fitsync_session_events_broadcast_late`). When history
+no longer reaches back that far (trimmed or expired) nothing is broadcast: the event is old and
+in the database. Two retries of one such event racing each other may both
+broadcast it; clients tell events apart by `event_id`.
 """
 
 from __future__ import annotations
@@ -27,11 +35,17 @@ from channels.base import (
 )
 from hub.broker.base import HistoryOptions
 from hub.protocol.codes import ReplyError
-from hub.rules import ChannelOptions, ChannelRule, Principal
+from hub.rules import ChannelOptions, ChannelRule, HubAPI, Principal
 from models import queries
 from models.event_writer import SessionEvent
 
 log = logging.getLogger("channels.session")
+
+HISTORY_PAGE = 100
+"""Publications read at a time when looking for a retried event's broadcast, newest first."""
+CLOCK_SKEW_MS = 10_000
+"""How much earlier than an event's commit time its broadcast may be stamped (the two come from
+the clocks of the nodes that stored and published it, which may be one and the same)."""
 
 
 def channel_of(session_id: str) -> str:
@@ -80,7 +94,7 @@ class SessionRule(ChannelRule):
         if outcome.status == "inactive":
             raise deny("session is not active")
         if outcome.status == "duplicate":
-            return None
+            return await self._unbroadcast(owner, channel_id, event_id)
         event["user"] = owner
         # `device` names the device that sent it, from the token; a client's own is dropped.
         event.pop("device", None)
@@ -89,6 +103,42 @@ class SessionRule(ChannelRule):
         event["server_ts"] = server_ts
         event["stats"] = outcome.stats
         return orjson.dumps(event)
+
+    async def _unbroadcast(self, owner: str, channel_id: str, event_id: str) -> bytes | None:
+        """A retried event's broadcast when its first one never went out (module doc)."""
+        stored = await queries.stored_event(self.ctx.db, owner, event_id)
+        if stored is None or stored["session_id"] != channel_id:
+            return None
+        event = stored["event"]
+        channel = channel_of(channel_id)
+        if await _in_history(self.ctx.hub, channel, event_id, event["server_ts"]) is not False:
+            return None
+        log.warning("event %s of %s was stored but its broadcast failed: broadcasting it on the "
+                    "device's retry", event_id, owner)
+        self.ctx.hub.metrics.session_events_broadcast_late.inc()
+        return orjson.dumps(event)
+
+
+async def _in_history(hub: HubAPI, channel: str, event_id: str, since_ms: int) -> bool | None:
+    """Whether the channel published the event at `since_ms` or later: True, False, or None
+    when its history no longer reaches back that far."""
+    needle = orjson.dumps(event_id)
+    oldest: int | None = None
+    while True:
+        page = await hub.retained(channel, before=oldest, limit=HISTORY_PAGE)
+        for publication in page.publications:
+            if publication.time < since_ms - CLOCK_SKEW_MS:
+                return False
+            if needle in publication.data and (
+                    orjson.loads(publication.data).get("event_id") == event_id):
+                return True
+        if page.publications:
+            oldest = page.publications[-1].offset
+        if len(page.publications) < HISTORY_PAGE:
+            # Read to the oldest retained: the whole stream if that is its first publication.
+            if oldest is None:
+                return False if page.position.offset == 0 else None
+            return False if oldest == 1 else None
 
 
 async def start(ctx: Context, who: Principal, params: dict[str, Any]) -> dict[str, Any]:

@@ -138,6 +138,12 @@ class Metrics:
             "reconnected with 3010)",
             registry=r,
         )
+        self.session_events_broadcast_late = Counter(
+            "fitsync_session_events_broadcast_late",
+            "Session events committed whose broadcast failed (the broker), broadcast when the "
+            "device retried them",
+            registry=r,
+        )
         self.presence_refresh_failures = Counter(
             "fitsync_presence_refresh_failures",
             "Batched presence refreshes the broker refused (entries expire if it persists)",

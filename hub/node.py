@@ -201,6 +201,15 @@ class Node:
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         return await self.broker.presence(channel)
 
+    async def retained(
+        self, channel: str, *, before: int | None = None, limit: int
+    ) -> HistoryResult:
+        rule, _ = self.rule_for(channel)
+        assert rule.options.history is not None
+        since = None if before is None else StreamPosition(before, "")
+        return await self.broker.history(channel, since=since, limit=limit, reverse=True,
+                                         meta_ttl=rule.options.history.meta_ttl)
+
     async def history(
         self, channel: str, since: StreamPosition | None, limit: int, reverse: bool
     ) -> Message:

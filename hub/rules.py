@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from starlette.routing import BaseRoute
 
-from hub.broker.base import ClientInfo, HistoryOptions, StreamPosition
+from hub.broker.base import ClientInfo, HistoryOptions, HistoryResult, StreamPosition
 from hub.metrics import Metrics
 from hub.protocol.codes import ErrorCode, ReplyError
 
@@ -54,6 +54,13 @@ class HubAPI(Protocol):
     async def publish(
         self, channel: str, data: bytes, *, info: ClientInfo | None = None
     ) -> StreamPosition: ...
+
+    async def retained(
+        self, channel: str, *, before: int | None = None, limit: int
+    ) -> HistoryResult:
+        """At most `limit` of the publications `channel` retains, newest first: the newest,
+        or those before offset `before`; with the stream's position (channels with history)."""
+        ...
 
     async def recheck_subscriptions(self, user: str) -> None:
         """Re-authorize the user's subscriptions on every node; end the ones now refused."""

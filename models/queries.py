@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from models.db import Database
 from models.tables import (
     coach_messages,
+    heart_rate_samples,
     new_id,
     session_events,
     trainer_links,
@@ -235,24 +236,54 @@ async def get_session_sets(db: Database, session_id: str) -> list[dict[str, Any]
     stmt = select(se).where(se.c.session_id == session_id, se.c.kind == "set").order_by(se.c.id)
     async with db.read() as conn:
         rows = (await conn.execute(stmt)).all()
-    sets = []
-    for r in rows:
-        item: dict[str, Any] = {
-            "type": "set",
-            "event_id": r.event_id,
-            "exercise": r.exercise,
-            "reps": r.reps,
-            "weight_kg": r.weight_kg,
-        }
+    return [_event_dict(r, []) for r in rows]
+
+
+def _event_dict(r: Any, samples: list[list[int]]) -> dict[str, Any]:
+    """A stored event (a `session_events` row, and an `hr` event's samples) shaped like its
+    broadcast without `stats`: optional fields appear only when the device sent them."""
+    item: dict[str, Any] = {"type": r.kind, "event_id": r.event_id}
+    if r.kind == "set":
+        item.update(exercise=r.exercise, reps=r.reps, weight_kg=r.weight_kg)
         for name in ("rpe", "duration_s", "ts"):
             if getattr(r, name) is not None:
                 item[name] = getattr(r, name)
-        item["user"] = r.user_id
-        if r.device is not None:
-            item["device"] = r.device
-        item["server_ts"] = r.server_ts
-        sets.append(item)
-    return sets
+    else:
+        item["samples"] = samples
+    item["user"] = r.user_id
+    if r.device is not None:
+        item["device"] = r.device
+    item["server_ts"] = r.server_ts
+    return item
+
+
+async def stored_event(db: Database, user_id: str, event_id: str) -> dict[str, Any] | None:
+    """The user's stored event `event_id` shaped like its broadcast, with its `session_id`
+    apart and, as `stats`, its session's totals now (not as they were after the event); None
+    when no such event is stored."""
+    se, ws, hr = session_events, workout_sessions, heart_rate_samples
+    stmt = (
+        select(se, ws.c.sets, ws.c.reps, ws.c.volume_kg, ws.c.hr_count, ws.c.hr_sum,
+               ws.c.max_bpm)
+        .join(ws, ws.c.id == se.c.session_id)
+        .where(se.c.user_id == user_id, se.c.event_id == event_id)
+    )
+    async with db.read() as conn:
+        row = (await conn.execute(stmt)).first()
+        if row is None:
+            return None
+        samples: list[list[int]] = []
+        if row.kind == "hr":
+            found = await conn.execute(select(hr.c.ts_ms, hr.c.bpm)
+                                       .where(hr.c.event_pk == row.id).order_by(hr.c.id))
+            samples = [[ts, bpm] for ts, bpm in found]
+    event = _event_dict(row, samples)
+    stats: dict[str, Any] = {"sets": row.sets, "reps": row.reps,
+                             "volume_kg": round_volume(row.volume_kg)}
+    if row.kind == "hr":
+        stats.update(avg_bpm=avg_bpm(row.hr_sum, row.hr_count), max_bpm=row.max_bpm)
+    event["stats"] = stats
+    return {"session_id": row.session_id, "event": event}
 
 
 async def recent_sessions(

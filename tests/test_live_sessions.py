@@ -272,6 +272,30 @@ async def test_a_retry_of_an_acknowledged_event_is_acknowledged_after_the_sessio
     assert [s["event_id"] for s in await session_sets(hub, session_id)] == ["s1"]
 
 
+async def test_a_retry_of_an_event_older_than_the_channels_history_is_not_broadcast(
+        hub: RunningHub, connect: ConnectClient) -> None:
+    """A retry is broadcast only when history shows the event never went out (a broadcast
+    that failed after the commit, test_multinode_redis.py); when history no longer reaches
+    back to the event, nothing is."""
+    watch, _ = await connect("ann", "device", device="ann-watch")
+    session_id = await start_session(watch)
+    channel = f"session:{session_id}"
+    await watch.publish(channel, a_set("old"))
+    # The session channel retains its last 1000 publications: "old" and the start go.
+    async with hub.api() as api:
+        for n in range(1000):
+            reply = await api.post("/api/publish", json={"channel": channel,
+                                                         "data": {"type": "note", "n": n}})
+            assert reply.status_code == 200, reply.text
+    ann, _ = await connect("ann")
+    _, seen = await subscribe(ann, channel)
+
+    await watch.publish(channel, a_set("old"))  # a very late retry
+
+    await barrier(watch, channel, seen, a_set("last"))
+    assert [p["event_id"] for p in seen.publications()] == ["last"]
+
+
 async def test_a_repeated_event_id_is_acknowledged_but_stored_and_broadcast_once(
         hub: RunningHub, connect: ConnectClient) -> None:
     ann, _ = await connect("ann")

@@ -88,18 +88,23 @@ async def test_redis_killed_and_restarted_mid_stream_loses_nothing_silently(
             _, events = await subscribed(client, channel, recoverable=True, positioned=True)
             watchers.append(events)
 
+        async def restart_soon() -> None:
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(redis.start)
+
         acked: list[str] = []
         errors = 0
         for n in range(40):
             if n == 15:
                 redis.kill()
                 assert await ready_status(one.http_url) == 503
-            if n == 18:
-                await asyncio.sleep(0.5)
-                redis.start()
+                restarted = asyncio.create_task(restart_soon())
+            # Refused while Redis is down: stored, not broadcast, so a retry is not acked
+            # until its broadcast went out too.
             event_id = f"ev{n:02d}"
             errors += await publish_until_acked(device, channel, set_event(event_id))
             acked.append(event_id)
+        await restarted
 
         assert errors > 0, "the outage should have refused some publishes"
         # Once every watcher is subscribed again, a last event reaches all of them live.
@@ -234,4 +239,50 @@ async def test_a_node_that_lost_its_pubsub_connection_fills_the_gap_from_history
         filled = [line for line in metrics.splitlines()
                   if line.startswith("fitsync_gap_filled_publications_total")]
         assert filled and float(filled[0].split()[-1]) > 0, "nothing was missed: no test"
+        await nodes.close_clients()
+
+
+async def test_an_event_whose_broadcast_failed_after_its_commit_goes_out_on_the_retry(
+    redis: RedisServer, database_url: str, scratch: Path,
+) -> None:
+    """Redis out of memory refuses the publication of an event already committed: the device
+    is told to retry, and its retry, a duplicate, broadcasts the stored event, once."""
+    with cluster_of(2, node_env(redis.url, database_url), scratch) as nodes:
+        one, two = nodes.nodes
+        device, _ = await nodes.connect(one, "ivy", "device")
+        channel = (await device.rpc("session.start", {})).data["channel"]
+        watcher, _ = await nodes.connect(two, "trainer-view", "admin")
+        _, events = await subscribed(watcher, channel, recoverable=True, positioned=True)
+        await device.publish(channel, set_event("ev0"))
+        heart_rate = {"type": "hr", "event_id": "hr1", "samples": [[1_000, 120], [2_000, 131]]}
+
+        store = redis.client()
+        store.config_set("maxmemory", 1)  # every write refused (OOM), nothing else changes
+        try:
+            with pytest.raises(centrifuge.ReplyError) as refused:
+                await device.publish(channel, set_event("ev1", reps=8))
+            assert refused.value.temporary and "broker unavailable" in refused.value.message
+            with pytest.raises(centrifuge.ReplyError):
+                await device.publish(channel, heart_rate)
+        finally:
+            store.config_set("maxmemory", 0)
+        async with one.api() as api:
+            stored = (await api.get(f"/api/sessions/{channel.split(':')[1]}")).json()
+        assert [s["event_id"] for s in stored["sets"]] == ["ev0", "ev1"]  # committed first
+
+        for _ in range(3):  # the retry broadcasts it; later ones find it in history
+            await device.publish(channel, set_event("ev1", reps=8))
+            await device.publish(channel, heart_rate)
+        await device.publish(channel, set_event("ev2"))
+        await eventually(lambda: received_ids(events)[-1:] == ["ev2"], timeout=20)
+        assert received_ids(events) == ["ev0", "ev1", "hr1", "ev2"]
+        assert not told_not_recovered(events)
+        late = {p["event_id"]: p for p in events.publications() if "event_id" in p}
+        assert (late["ev1"]["reps"], late["ev1"]["device"]) == (8, "ivy-device")
+        assert late["ev1"]["stats"]["sets"] == 2  # the session's totals when broadcast
+        assert late["hr1"]["samples"] == heart_rate["samples"]
+        assert late["hr1"]["stats"]["max_bpm"] == 131
+        async with httpx.AsyncClient(base_url=one.http_url) as http:
+            metrics = (await http.get("/metrics")).text
+        assert "fitsync_session_events_broadcast_late_total 2.0" in metrics
         await nodes.close_clients()

@@ -9,8 +9,10 @@ Scripts are called by SHA. Redis forgets scripts when it restarts or on SCRIPT F
 answered NOSCRIPT is sent again after loading the scripts, transparently to its caller.
 
 Every failure to reach Redis (refused, lost, timed out) is raised as `BrokerUnavailable`; so are
-the answers of a cluster in transition (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, LOADING). redis-py's
-own retries are off: a publish sent twice would be published twice.
+the answers of a cluster in transition (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, LOADING), of a Redis
+out of memory (OOM: it then refuses every script whole, so nothing was written) and of a
+replica that became read-only (READONLY). redis-py's own retries are off: a publish sent twice
+would be published twice.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from redis.exceptions import (
     MasterDownError,
     MovedError,
     NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
     RedisError,
     TryAgainError,
 )
@@ -48,6 +52,8 @@ _TRANSIENT_ANSWERS = (
     ClusterDownError,
     MasterDownError,
     MovedError,
+    OutOfMemoryError,
+    ReadOnlyError,
     TryAgainError,
 )
 
