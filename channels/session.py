@@ -106,7 +106,11 @@ class SessionRule(ChannelRule):
 
     async def _unbroadcast(self, owner: str, channel_id: str, event_id: str) -> bytes | None:
         """A retried event's broadcast when its first one never went out (module doc)."""
-        stored = await queries.stored_event(self.ctx.db, owner, event_id)
+        try:
+            stored = await queries.stored_event(self.ctx.db, owner, event_id)
+        except Exception:  # as for the commit: the device retries
+            log.warning("could not read event %s of %s", event_id, owner, exc_info=True)
+            raise ReplyError(DATABASE_UNAVAILABLE) from None
         if stored is None or stored["session_id"] != channel_id:
             return None
         event = stored["event"]
