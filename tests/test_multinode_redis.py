@@ -124,15 +124,22 @@ async def test_redis_killed_and_restarted_mid_stream_loses_nothing_silently(
         await nodes.close_clients()
 
 
+async def watched_session(nodes: Cluster, athlete: str) -> tuple[centrifuge.Client, str, Recorder]:
+    """A device of `athlete` on the first node with a session started, watched (recoverable)
+    by an admin on the second: the device, the session's channel, what the watcher got."""
+    one, two = nodes.nodes
+    device, _ = await nodes.connect(one, athlete, "device")
+    channel = (await device.rpc("session.start", {})).data["channel"]
+    watcher, _ = await nodes.connect(two, f"{athlete}-watcher", "admin")
+    _, events = await subscribed(watcher, channel, recoverable=True, positioned=True)
+    return device, channel, events
+
+
 async def test_redis_flushed_gives_a_new_epoch_and_subscribers_are_told(
     redis: RedisServer, database_url: str, scratch: Path,
 ) -> None:
     with cluster_of(2, node_env(redis.url, database_url), scratch) as nodes:
-        one, two = nodes.nodes
-        device, _ = await nodes.connect(one, "fay", "device")
-        channel = (await device.rpc("session.start", {})).data["channel"]
-        watcher, _ = await nodes.connect(two, "fw", "admin")
-        _, events = await subscribed(watcher, channel, recoverable=True, positioned=True)
+        device, channel, events = await watched_session(nodes, "fay")
         await device.publish(channel, set_event("f1"))
         await eventually(lambda: received_ids(events) == ["f1"], timeout=10)
         epoch = events.named("subscribed")[0].stream_position.epoch
@@ -248,24 +255,21 @@ async def test_an_event_whose_broadcast_failed_after_its_commit_goes_out_on_the_
     """Redis out of memory refuses the publication of an event already committed: the device
     is told to retry, and its retry, a duplicate, broadcasts the stored event, once."""
     with cluster_of(2, node_env(redis.url, database_url), scratch) as nodes:
-        one, two = nodes.nodes
-        device, _ = await nodes.connect(one, "ivy", "device")
-        channel = (await device.rpc("session.start", {})).data["channel"]
-        watcher, _ = await nodes.connect(two, "trainer-view", "admin")
-        _, events = await subscribed(watcher, channel, recoverable=True, positioned=True)
+        one = nodes.nodes[0]
+        device, channel, events = await watched_session(nodes, "ivy")
         await device.publish(channel, set_event("ev0"))
         heart_rate = {"type": "hr", "event_id": "hr1", "samples": [[1_000, 120], [2_000, 131]]}
 
-        store = redis.client()
-        store.config_set("maxmemory", 1)  # every write refused (OOM), nothing else changes
-        try:
-            with pytest.raises(centrifuge.ReplyError) as refused:
-                await device.publish(channel, set_event("ev1", reps=8))
-            assert refused.value.temporary and "broker unavailable" in refused.value.message
-            with pytest.raises(centrifuge.ReplyError):
-                await device.publish(channel, heart_rate)
-        finally:
-            store.config_set("maxmemory", 0)
+        with redis.client() as store:
+            store.config_set("maxmemory", 1)  # every write refused (OOM), nothing else changes
+            try:
+                with pytest.raises(centrifuge.ReplyError) as refused:
+                    await device.publish(channel, set_event("ev1", reps=8))
+                assert refused.value.temporary and "broker unavailable" in refused.value.message
+                with pytest.raises(centrifuge.ReplyError):
+                    await device.publish(channel, heart_rate)
+            finally:
+                store.config_set("maxmemory", 0)
         async with one.api() as api:
             stored = (await api.get(f"/api/sessions/{channel.split(':')[1]}")).json()
         assert [s["event_id"] for s in stored["sets"]] == ["ev0", "ev1"]  # committed first
