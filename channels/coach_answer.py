@@ -18,7 +18,8 @@ answer's terminal publication (`done`, `cancelled` or `error`) and to the stored
 whose channel history lost the start reads it from `coach.history` and appends the deltas from
 that index on.
 
-How an answer ends, exactly once (each final write is conditional on the row still streaming):
+How an answer ends, exactly once (each final write is conditional on the row still streaming,
+and a failed one is tried again for up to half a lease, `Answer._store_final`):
 `done`; `cancelled` (`coach.cancel`: the model's stream is closed at once); `failed` with a
 short reason and `retryable` (a model error, a stall, a broken stream, the node stopping). A
 save that finds the row no longer streaming stops the answer: when it was cancelled through
@@ -48,6 +49,9 @@ log = logging.getLogger("channels.coach")
 
 NOTIFICATION_TEXT_CHARS = 200
 """A notification carries at most this much of the answer."""
+FINAL_WRITE_FIRST_PAUSE = 0.1
+FINAL_WRITE_MAX_PAUSE = 1.0
+"""Seconds between attempts at an answer's final write while the database fails."""
 
 
 def coach_channel(user_id: str) -> str:
@@ -284,30 +288,54 @@ class Answer:
                        "reason": outcome.reason}
             if outcome.retry_after is not None:
                 payload["retry_after"] = outcome.retry_after
-        stored: dict[str, Any] | None
-        try:
+        async def store() -> bool:
             if isinstance(outcome, Cancelled) and outcome.elsewhere:
-                settled = await coach_queries.settle_cancel(coach.db, self.reply_id, text,
-                                                            len(self._parts))
-                stored = {} if settled else None
-            else:
-                stored = await coach_queries.finish_answer(
-                    coach.db, self.reply_id, status, text=text, deltas=len(self._parts),
-                    finish_reason=outcome.finish_reason if isinstance(outcome, Done) else None,
-                    usage=outcome.usage if isinstance(outcome, Done) else None)
-        except Exception:
-            # The row stays `streaming` until its lease runs out; the sweep then fails it and
-            # announces that, once, as it does for an answer whose node died.
-            log.warning("could not store coach answer %s", self.reply_id, exc_info=True)
-            return None
-        if stored is None:
-            return None  # ended elsewhere first, and announced there
+                return await coach_queries.settle_cancel(coach.db, self.reply_id, text,
+                                                         len(self._parts))
+            return await coach_queries.finish_answer(
+                coach.db, self.reply_id, status, text=text, deltas=len(self._parts),
+                finish_reason=outcome.finish_reason if isinstance(outcome, Done) else None,
+                usage=outcome.usage if isinstance(outcome, Done) else None) is not None
+
+        if not await self._store_final(store, status, text):
+            return None  # ended elsewhere first and announced there, or left to the sweep
         try:
             await coach.publish(self.user_id, payload)
             await self._notify_if_unwatched(status, text)
         except Exception:
             log.warning("could not announce coach answer %s", self.reply_id, exc_info=True)
         return status
+
+    async def _store_final(self, store: Callable[[], Awaitable[bool]], status: str,
+                           text: str) -> bool:
+        """Run the answer's final write, which is conditional on the row still streaming;
+        True when it is ours to announce. A write that fails is tried again, with growing
+        pauses, for up to half a lease: the row's lease, last renewed at most a save interval
+        before the answer ended (a save interval is at most half a lease), cannot run out
+        meanwhile, so no sweep fails it under us. A retry that finds the row no longer
+        streaming reads it: stored with our status and text, the earlier attempt committed
+        before failing. Past half a lease the row is left `streaming`: the sweep fails it and
+        announces that, once, as for an answer whose node died."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.coach.settings.coach_lease / 2
+        pause, retried = FINAL_WRITE_FIRST_PAUSE, False
+        while True:
+            try:
+                if await store():
+                    return True
+                if not retried:
+                    return False
+                stored = await coach_queries.get_answer(self.coach.db, self.reply_id)
+                return bool(stored and stored["status"] == status and stored["text"] == text)
+            except Exception:
+                if loop.time() + pause > deadline:
+                    log.warning("could not store coach answer %s; the sweep will fail it",
+                                self.reply_id, exc_info=True)
+                    return False
+                log.warning("could not store coach answer %s, trying again in %.1f s",
+                            self.reply_id, pause, exc_info=True)
+            await asyncio.sleep(pause)
+            pause, retried = min(pause * 2, FINAL_WRITE_MAX_PAUSE), True
 
     async def _notify_if_unwatched(self, status: str, text: str) -> None:
         """No connection of the user watches `coach:`: tell them on `user:<id>`."""

@@ -5,18 +5,28 @@ Run on SQLite and PostgreSQL; several nodes share one database (each with its ow
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import centrifuge
 import orjson
+import pytest
 from sqlalchemy import update
 
 from models import coach_queries
 from models.db import Database
 from models.tables import coach_messages, utcnow
-from tests.app_helpers import reply_error, rpc, subscribe
-from tests.coach_helpers import CoachHub, deltas, long_answer_three_deltas_in, until_terminal
+from tests.app_helpers import connection_switch, reply_error, rpc, subscribe
+from tests.coach_helpers import (
+    CoachHub,
+    coach_pubs,
+    deltas,
+    long_answer_three_deltas_in,
+    terminal,
+    until_terminal,
+)
 from tests.conftest import ConnectClient
+from tests.db_fixtures import create_postgres_database, drop_postgres_database
 from tests.harness import eventually
 from tests.llm_server import Behaviour, LLMServer
 
@@ -154,3 +164,40 @@ async def test_answers_left_streaming_by_a_crash_are_failed_and_free_the_user(
         assert asyncio.get_running_loop().time() < deadline, "never failed"
         await asyncio.sleep(0.1)
     assert (await rpc(bob, "coach.ask", {"text": "again"}))["reply_id"]
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    url = await create_postgres_database()
+    try:
+        yield url
+    finally:
+        await drop_postgres_database(url)
+
+
+async def test_an_answer_whose_final_write_fails_is_stored_and_announced_when_it_can_be(
+        coach_hub: CoachHub, llm: LLMServer, connect: ConnectClient, postgres_url: str) -> None:
+    """The database goes away before an answer ends: the end is not announced while it cannot
+    be stored, then stored and announced once, as `done`, when the database is back (within
+    half a lease, before any sweep would fail it)."""
+    hub = await coach_hub(postgres_url, coach_lease=6.0)
+    text = " ".join(["steady"] * 20)
+    llm.default = Behaviour(text=text, tokens_per_second=20)
+    phone, _ = await connect("ann", target=hub)
+    _, events = await subscribe(phone, "coach:ann")
+    reply_id = (await rpc(phone, "coach.ask", {"text": "Keep going"}))["reply_id"]
+    await eventually(lambda: len(deltas(events, reply_id)) >= 2)
+
+    async with connection_switch(postgres_url) as allow:
+        await allow(False)
+        # The rest streams without the database; its final write fails and is tried again.
+        await eventually(lambda: "".join(d["text"] for d in deltas(events, reply_id)) == text)
+        await asyncio.sleep(0.5)
+        assert terminal(events, reply_id) is None
+        await allow(True)
+
+    done = await until_terminal(events, reply_id)
+    assert (done["type"], done["text"]) == ("done", text)
+    assert [p["type"] for p in coach_pubs(events, reply_id)].count("done") == 1
+    stored = (await rpc(phone, "coach.history"))["messages"][-1]
+    assert (stored["message_id"], stored["status"], stored["text"]) == (reply_id, "done", text)
