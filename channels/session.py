@@ -12,8 +12,8 @@ its retry is a duplicate. The channel's history then tells whether the event wen
 holds the publications since the event's commit and the event is not among them, the retry
 broadcasts the stored event (counted as `fitsync_session_events_broadcast_late`). When history
 no longer reaches back that far (trimmed or expired) nothing is broadcast: the event is old and
-in the database. Two retries of one such event racing each other may both
-broadcast it; clients tell events apart by `event_id`.
+in the database. Two retries of one such event racing each other may both broadcast it; clients
+tell events apart by `event_id`.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class SessionRule(ChannelRule):
         if outcome.status == "inactive":
             raise deny("session is not active")
         if outcome.status == "duplicate":
-            return await self._unbroadcast(owner, channel_id, event_id)
+            return await self._missed_broadcast(owner, channel_id, event_id)
         event["user"] = owner
         # `device` names the device that sent it, from the token; a client's own is dropped.
         event.pop("device", None)
@@ -104,7 +104,7 @@ class SessionRule(ChannelRule):
         event["stats"] = outcome.stats
         return orjson.dumps(event)
 
-    async def _unbroadcast(self, owner: str, channel_id: str, event_id: str) -> bytes | None:
+    async def _missed_broadcast(self, owner: str, channel_id: str, event_id: str) -> bytes | None:
         """A retried event's broadcast when its first one never went out (module doc)."""
         try:
             stored = await queries.stored_event(self.ctx.db, owner, event_id)
