@@ -290,3 +290,27 @@ async def test_an_event_whose_broadcast_failed_after_its_commit_goes_out_on_the_
             metrics = (await http.get("/metrics")).text
         assert "fitsync_session_events_broadcast_late_total 2.0" in metrics
         await nodes.close_clients()
+
+
+async def test_a_retry_of_a_publish_that_timed_out_on_a_hung_redis_is_broadcast_once(
+    redis: RedisServer, database_url: str, scratch: Path,
+) -> None:
+    """Redis stops answering while an event is published after its commit: the publish times
+    out, and Redis may still run it once it resumes. Whether it did or not, the retry leaves
+    the watcher with the event exactly once."""
+    env = node_env(redis.url, database_url, HUB_REDIS_TIMEOUT="1")
+    with cluster_of(2, env, scratch) as nodes:
+        device, channel, events = await watched_session(nodes, "kim")
+        await device.publish(channel, set_event("k0"))
+        redis.pause()
+        try:
+            with pytest.raises(centrifuge.ReplyError) as refused:
+                await device.publish(channel, set_event("k1"))
+            assert refused.value.temporary
+        finally:
+            redis.resume()
+        await publish_until_acked(device, channel, set_event("k1"))
+        await publish_until_acked(device, channel, set_event("k2"))
+        await eventually(lambda: received_ids(events)[-1:] == ["k2"], timeout=20)
+        assert received_ids(events) == ["k0", "k1", "k2"]
+        await nodes.close_clients()
