@@ -301,7 +301,7 @@ async def test_a_retry_of_a_publish_that_timed_out_on_a_hung_redis_is_broadcast_
     env = node_env(redis.url, database_url, HUB_REDIS_TIMEOUT="1")
     with cluster_of(2, env, scratch) as nodes:
         device, channel, events = await watched_session(nodes, "kim")
-        await device.publish(channel, set_event("k0"))
+        await publish_until_acked(device, channel, set_event("k0"))  # 1 s is short
         redis.pause()
         try:
             with pytest.raises(centrifuge.ReplyError) as refused:
