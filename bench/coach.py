@@ -6,7 +6,8 @@ streams every answer at `--rate` tokens per second; `--answers` athletes, each w
 Centrifuge JSON protocol, bench/wsclient.py), ask `--rounds` questions each: all at once (the
 worst burst), or each first within `--ask-spread` seconds, and the next one as soon as the
 answer before has reached every watcher. Beside it one device publishes set events into a live
-session on its own clock (`--live-rate` a second, open loop) and times each acknowledgement.
+session on its own clock (`--live-rate` a second, open loop) and times each acknowledgement,
+on the same hub or (`--live-node own`) on a second hub process of its own on the same core.
 The hub runs pinned to core 0, everything else to core 1. It runs once per coalescing window in
 `--windows` (`0`: one publication per model chunk).
 
@@ -278,18 +279,28 @@ async def bench_window_on(args: argparse.Namespace, window_ms: float,
             server = start_coach_baseline(SERVER_CORE, database_url, settings)
         else:
             server = start_hub(SERVER_CORE, database_url, settings)
+        servers = [server]
         try:
             wait_healthy(server)
-            return await measure(args, server, model_url, answer_text, window_ms)
+            live_server = server
+            if args.live_node == "own":
+                # The same core and database server; nothing shared between the two processes
+                # (a deployment would add Redis between them for the trainers' views).
+                live_server = start_hub(SERVER_CORE, database_url)
+                servers.append(live_server)
+                wait_healthy(live_server)
+            return await measure(args, server, live_server, model_url, answer_text, window_ms)
         except BaseException:
-            print(f"hub log, last lines:\n{server.log_tail()}", file=sys.stderr)
+            for started in servers:
+                print(f"{started.name} log, last lines:\n{started.log_tail()}", file=sys.stderr)
             raise
         finally:
-            server.stop()
+            for started in servers:
+                started.stop()
 
 
-async def measure(args: argparse.Namespace, server: ServerProcess, model_url: str,
-                  answer_text: str, window_ms: float) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, server: ServerProcess, live_server: ServerProcess,
+                  model_url: str, answer_text: str, window_ms: float) -> dict[str, Any]:
     received = Received(watchers=args.watchers)
     athletes = [f"athlete-{n}" for n in range(args.answers)]
     watchers: dict[str, list[Connection]] = {}
@@ -302,7 +313,7 @@ async def measure(args: argparse.Namespace, server: ServerProcess, model_url: st
             ok(await connection.command("subscribe", {"channel": f"coach:{athlete}"}))
             watchers[athlete].append(connection)
     live = LiveDevice(args.live_rate)
-    await live.open(server)
+    await live.open(live_server)
 
     stop = asyncio.Event()
     streaming = asyncio.create_task(live.stream(stop))
@@ -336,8 +347,20 @@ async def measure(args: argparse.Namespace, server: ServerProcess, model_url: st
     result = report(args, window_ms, received, asked, requests, answer_text, mono_minus_wall_ns,
                     busy, wall, alone, during)
     result["server"] = args.server
+    result["live_node"] = args.live_node
     result["hub_stalls"] = None if metrics is None else hub_stalls(metrics)
+    result["publishes_on_coach_hub"] = None if metrics is None else publishes_acked(metrics)
     return result
+
+
+def publishes_acked(metrics: str) -> int:
+    """Publish commands the hub acknowledged: the live device's events when it is on this hub
+    (`--live-node same`), none when it has its own."""
+    return int(sum(sample.value for family in text_string_to_metric_families(metrics)
+                   for sample in family.samples
+                   if sample.name == "fitsync_commands_total"
+                   and sample.labels.get("method") == "publish"
+                   and sample.labels.get("result") == "ok"))
 
 
 def hub_stalls(metrics: str) -> dict[str, Any]:
@@ -508,7 +531,8 @@ def render(results: list[dict[str, Any]]) -> str:
     for r in results:
         lat, alone, during = r["latency_ms"], r["live_ack_ms_alone"], r["live_ack_ms_during"]
         rows.append(
-            f"| {r['window_ms']:g} ms{' (baseline)' if r['server'] == 'baseline' else ''} | "
+            f"| {r['window_ms']:g} ms{' (baseline)' if r['server'] == 'baseline' else ''}"
+            f"{' (live device on its own hub)' if r['live_node'] == 'own' else ''} | "
             f"{r['tokens_per_answer']} | "
             f"{r['publications_per_answer']} | {r['most_deltas_within_one_window'] or '-'} | "
             f"{r['closest_deltas_published_ms']} ms | "
@@ -553,6 +577,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server", choices=("hub", "baseline"), default="hub",
                         help="baseline: bench/coach_baseline_server.py, the same traffic on "
                         "plain websockets with the hub's model reader and nothing else")
+    parser.add_argument("--live-node", choices=("same", "own"), default="same",
+                        help="own: the live device on a second hub process of its own, on the "
+                        "same core and database server")
     parser.add_argument("--json", help="write the results here")
     return parser.parse_args(argv)
 

@@ -36,6 +36,7 @@ def test_the_coach_bench_streams_every_answer_to_every_watcher_and_reports(
         for acks in (result["live_ack_ms_alone"], result["live_ack_ms_during"]):
             assert acks["acks"] > 0 and acks["p50"] <= acks["p90"] <= acks["p99"]
         assert result["hub_cpu_ms_per_answer"] > 0
+        assert result["publishes_on_coach_hub"] > 0  # the live device's events
     assert each_chunk["publications_per_answer"] == 30
     assert coalesced["publications_per_answer"] <= 30
     assert coalesced["most_deltas_within_one_window"] >= 1  # read times: a busy reader bunches
@@ -62,6 +63,22 @@ def test_the_coach_baseline_streams_the_same_load_and_is_reported_as_the_baselin
     for acks in (result["live_ack_ms_alone"], result["live_ack_ms_during"]):
         assert acks["acks"] > 0  # each one answered after its commit
     assert "| 10 ms (baseline) | 30 |" in done.stdout
+
+
+def test_the_coach_bench_can_put_the_live_device_on_a_hub_of_its_own(tmp_path: Path) -> None:
+    report = tmp_path / "apart.json"
+    done = subprocess.run(
+        [sys.executable, "bench/coach.py", "--live-node", "own", "--answers", "2",
+         "--watchers", "1", "--tokens", "20", "--rounds", "1", "--windows", "10",
+         "--quiet-seconds", "0.3", "--quiet-wait-seconds", "0", "--json", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (result,) = json.loads(report.read_text())["results"]
+    assert result["live_node"] == "own" and result["publishes_on_coach_hub"] == 0
+    assert result["latency_ms"]["tokens_measured"] == 2 * 20
+    for acks in (result["live_ack_ms_alone"], result["live_ack_ms_during"]):
+        assert acks["acks"] > 0
+    assert "| 10 ms (live device on its own hub) | 20 |" in done.stdout
 
 
 def test_the_coach_queries_bench_reports_cpu_per_ask_and_step(tmp_path: Path) -> None:
