@@ -39,7 +39,14 @@ from typing import Any
 
 import orjson
 
-from channels.coach_model import Done, Failed, failure_of, model_client, read_answer
+from channels.coach_model import (
+    FAILURE_KINDS,
+    Done,
+    Failed,
+    failure_of,
+    model_client,
+    read_answer,
+)
 from hub.config import Settings
 from hub.rules import BackgroundWork, HubAPI
 from models import coach_queries
@@ -88,6 +95,12 @@ class Coach:
         self.background = background
         self.running: dict[str, Answer] = {}
         self.client = model_client(settings)
+        metrics = hub.metrics
+        metrics.coach_streaming.set_function(lambda: len(self.running))
+        for status in ("done", "cancelled", "failed"):
+            metrics.coach_answers.labels(status)
+        for kind in FAILURE_KINDS:
+            metrics.coach_failures.labels(kind)
 
     @property
     def configured(self) -> bool:
@@ -176,7 +189,9 @@ class Answer:
         self._stop: Cancelled | Lost | None = None
         """Why the answer was stopped from outside, once."""
         self._terminal: Outcome | None = None
-        self._finished: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._finished: asyncio.Future[str | None] = loop.create_future()
+        self._started_at = loop.time()
 
     @property
     def text(self) -> str:
@@ -207,9 +222,14 @@ class Answer:
     async def run(self) -> None:
         self._task = asyncio.current_task()
         status: str | None = None
+        metrics = self.coach.hub.metrics
         try:
             self._terminal = await self._stream()
+            if isinstance(self._terminal, Failed):
+                metrics.coach_failures.labels(self._terminal.kind).inc()
             status = await self._finish(self._terminal)
+            if status is not None:
+                metrics.coach_answers.labels(status).inc()
         finally:
             self.coach.running.pop(self.reply_id, None)
             if not self._finished.done():
@@ -236,7 +256,7 @@ class Answer:
             if self._stop is not None:
                 return self._stop
             # The node is stopping and its grace period is over (BackgroundWork.drain).
-            return Failed("the hub restarted mid-answer", retryable=True)
+            return Failed("the hub restarted mid-answer", retryable=True, kind="stopping")
         except _Stopped:
             assert self._stop is not None
             return self._stop
@@ -249,6 +269,9 @@ class Answer:
         once it has gone out if the answer was stopped meanwhile."""
         self._waiting_for_model = False
         index = len(self._parts)
+        if index == 0:
+            self.coach.hub.metrics.coach_first_delta.observe(
+                asyncio.get_running_loop().time() - self._started_at)
         self._parts.append(text)
         await self.coach.publish(self.user_id, {"type": "delta", "reply_id": self.reply_id,
                                                 "index": index, "text": text})

@@ -29,7 +29,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import openai
 import orjson
@@ -61,10 +61,20 @@ class Done:
     usage: dict[str, Any] | None
 
 
+FailureKind = Literal["unauthorized", "rate_limited", "model_error", "refused", "no_answer",
+                      "stalled", "stream_error", "broken", "unreachable", "stopping",
+                      "internal"]
+"""What failed, as a bounded metric label (`fitsync_coach_failures_total{kind}`)."""
+FAILURE_KINDS: tuple[FailureKind, ...] = get_args(FailureKind)
+
+
 @dataclass(frozen=True, slots=True)
 class Failed:
     reason: str
+    """For the athlete: short, and says what to do when something can be done."""
     retryable: bool
+    kind: FailureKind
+    """For the operator."""
     retry_after: float | None = None
 
 
@@ -209,35 +219,40 @@ def failure_of(exc: BaseException, *, started: bool, stall_timeout: float) -> Fa
     """A short reason for the athlete, whether asking again may help, and the model API's
     retry hint. `started`: some of the answer had arrived."""
     if isinstance(exc, openai.AuthenticationError):
-        return Failed("the model API refused the hub's API key (401)", retryable=False)
+        return Failed("the model API refused the hub's API key (401)", retryable=False,
+                      kind="unauthorized")
     if isinstance(exc, openai.RateLimitError):
         retry_after = _retry_after(exc.response.headers.get("retry-after"))
         hint = f"; retry in {retry_after:g} s" if retry_after is not None else ""
         return Failed(f"the model API is rate limited (429){hint}", retryable=True,
+                      kind="rate_limited",
                       retry_after=retry_after)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         if status >= 500:
-            return Failed(f"the model API failed ({status})", retryable=True)
-        return Failed(f"the model API refused the request ({status})", retryable=False)
+            return Failed(f"the model API failed ({status})", retryable=True,
+                          kind="model_error")
+        return Failed(f"the model API refused the request ({status})", retryable=False,
+                      kind="refused")
     if isinstance(exc, TimeoutError):
         if started:
             return Failed(f"the model stopped sending (nothing for {stall_timeout:g} s)",
-                          retryable=True)
+                          retryable=True, kind="stalled")
         return Failed(f"the model API did not answer within {stall_timeout:g} s",
-                      retryable=True)
+                      retryable=True, kind="no_answer")
     if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
-        return Failed("the model API did not answer in time", retryable=True)
+        return Failed("the model API did not answer in time", retryable=True, kind="no_answer")
     if isinstance(exc, ModelStreamError):
-        return Failed(str(exc), retryable=True)
+        return Failed(str(exc), retryable=True, kind="stream_error")
     if isinstance(exc, openai.APIConnectionError) or _is_transport_error(exc):
         if "Timeout" in type(exc).__name__ and not _refused(exc):
-            return Failed("the model API did not answer in time", retryable=True)
+            return Failed("the model API did not answer in time", retryable=True,
+                          kind="no_answer")
         if started:
-            return Failed("the model's stream broke off", retryable=True)
-        return Failed("could not reach the model API", retryable=True)
+            return Failed("the model's stream broke off", retryable=True, kind="broken")
+        return Failed("could not reach the model API", retryable=True, kind="unreachable")
     log.error("coach answer failed", exc_info=exc)
-    return Failed("internal error", retryable=True)
+    return Failed("internal error", retryable=True, kind="internal")
 
 
 def _refused(exc: BaseException) -> bool:

@@ -144,6 +144,24 @@ class Metrics:
             "device retried them",
             registry=r,
         )
+        self.coach_answers = Counter(
+            "fitsync_coach_answers", "Coach answers this node ended and announced, by status",
+            ["status"], registry=r,
+        )
+        self.coach_failures = Counter(
+            "fitsync_coach_failures",
+            "Coach answers that failed, by what failed (channels.coach_model.FAILURE_KINDS)",
+            ["kind"], registry=r,
+        )
+        self.coach_first_delta = LoopHistogram(
+            "fitsync_coach_first_delta_seconds",
+            "From a coach answer's start to its first delta's publication: the prompt, the "
+            "model's time to its first token, and the hub's",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.coach_streaming = Gauge(
+            "fitsync_coach_streaming", "Coach answers streaming on this node", registry=r
+        )
         self.presence_refresh_failures = Counter(
             "fitsync_presence_refresh_failures",
             "Batched presence refreshes the broker refused (entries expire if it persists)",

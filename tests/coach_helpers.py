@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import centrifuge
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.app_helpers import rpc, subscribe
 from tests.harness import Recorder, RunningHub, eventually
@@ -77,3 +79,16 @@ async def long_answer_three_deltas_in(
     asked = await rpc(phone, "coach.ask", {"text": "Go on"})
     await eventually(lambda: len(deltas(events, asked["reply_id"])) >= 3)
     return events, str(asked["reply_id"])
+
+
+async def coach_metrics(hub: RunningHub) -> dict[str, float]:
+    """The node's `fitsync_coach_*` samples, by name and labels (`name{label=value}`)."""
+    async with httpx.AsyncClient(base_url=hub.http_url) as http:
+        text = (await http.get("/metrics")).text
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("fitsync_coach_"):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples

@@ -8,7 +8,7 @@ import contextlib
 import pytest
 
 from tests.app_helpers import link, reply_error, rpc, subscribe
-from tests.coach_helpers import CoachHub, deltas, until_terminal
+from tests.coach_helpers import CoachHub, coach_metrics, deltas, until_terminal
 from tests.conftest import ConnectClient
 from tests.harness import RunningHub, eventually, free_port
 from tests.llm_server import PRESETS, Behaviour, LLMServer, tokens_of, unanswered_port
@@ -106,6 +106,7 @@ async def test_cancel_closes_the_model_stream_and_keeps_the_partial_answer_once(
     bob, _ = await connect("bob", target=hub)
     for other in (trainer, bob):
         assert (await reply_error(rpc(other, "coach.cancel", {"reply_id": reply}))).code == 103
+    assert (await coach_metrics(hub))["fitsync_coach_streaming"] == 1.0
     assert await rpc(ann, "coach.cancel", {"reply_id": reply}) == {"cancelled": True}
 
     request = llm.requests[0]
@@ -120,6 +121,9 @@ async def test_cancel_closes_the_model_stream_and_keeps_the_partial_answer_once(
     assert await rpc(ann, "coach.cancel", {"reply_id": reply}) == {"cancelled": False}
     answer = (await rpc(ann, "coach.history"))["messages"][-1]
     assert (answer["status"], answer["text"]) == ("cancelled", partial)
+    counted = await coach_metrics(hub)
+    assert (counted["fitsync_coach_answers_total{status=cancelled}"],
+            counted["fitsync_coach_streaming"]) == (1.0, 0.0)
 
     llm.script(Behaviour(text=ANSWER))
     again = await rpc(ann, "coach.ask", {"text": "Short one then"})
@@ -130,20 +134,22 @@ async def test_cancel_closes_the_model_stream_and_keeps_the_partial_answer_once(
 
 
 FAILURES = {
-    "unauthorized": (PRESETS["unauthorized"], False, "401"),
-    "rate_limited": (PRESETS["rate_limited"], True, "429"),
-    "server_error": (PRESETS["server_error"], True, "500"),
-    "broken": (PRESETS["broken"], True, "stream broke off"),
-    "error_event": (PRESETS["stream_error"], True, "failed mid-answer"),
-    "stalls": (PRESETS["hang"], True, "stopped sending"),
-    "never_answers": (PRESETS["no_headers"], True, "did not answer within"),
+    "unauthorized": (PRESETS["unauthorized"], False, "401", "unauthorized"),
+    "rate_limited": (PRESETS["rate_limited"], True, "429", "rate_limited"),
+    "server_error": (PRESETS["server_error"], True, "500", "model_error"),
+    "broken": (PRESETS["broken"], True, "stream broke off", "broken"),
+    "error_event": (PRESETS["stream_error"], True, "failed mid-answer", "stream_error"),
+    "stalls": (PRESETS["hang"], True, "stopped sending", "stalled"),
+    "never_answers": (PRESETS["no_headers"], True, "did not answer within", "no_answer"),
 }
+"""Each way of failing: the model's behaviour, `retryable`, the reason's words, the metric's
+`kind`."""
 
 
 @pytest.mark.parametrize("name", list(FAILURES))
 async def test_a_failing_model_ends_the_answer_with_a_retryable_error_and_the_hub_carries_on(
         coach_hub: CoachHub, llm: LLMServer, connect: ConnectClient, name: str) -> None:
-    behaviour, retryable, reason = FAILURES[name]
+    behaviour, retryable, reason, kind = FAILURES[name]
     hub = await coach_hub()
     llm.script(behaviour, Behaviour(text=ANSWER))
     ann, _ = await connect("ann", target=hub)
@@ -164,6 +170,15 @@ async def test_a_failing_model_ends_the_answer_with_a_retryable_error_and_the_hu
 
     again = await rpc(ann, "coach.ask", {"text": "Plan my week, please"})
     assert (await until_terminal(events, again["reply_id"]))["text"] == ANSWER
+    counted = await coach_metrics(hub)
+    assert {name: value for name, value in counted.items()
+            if name.startswith("fitsync_coach_failures_total") and value} == {
+        f"fitsync_coach_failures_total{{kind={kind}}}": 1.0}
+    assert (counted["fitsync_coach_answers_total{status=failed}"],
+            counted["fitsync_coach_answers_total{status=done}"]) == (1.0, 1.0)
+    first_deltas = 2.0 if partial else 1.0  # the failed answer's, if it had begun, and the next
+    assert counted["fitsync_coach_first_delta_seconds_count"] == first_deltas
+    assert counted["fitsync_coach_streaming"] == 0.0
 
 
 @pytest.mark.parametrize("where", ["connect_timeout", "refused"])
@@ -181,6 +196,8 @@ async def test_an_unreachable_model_api_fails_the_answer_retryably(
         error = await until_terminal(events, asked["reply_id"])
     expected = "did not answer in time" if where == "connect_timeout" else "could not reach"
     assert error["retryable"] is True and expected in error["reason"], error
+    kind = "no_answer" if where == "connect_timeout" else "unreachable"
+    assert (await coach_metrics(hub))[f"fitsync_coach_failures_total{{kind={kind}}}"] == 1.0
     assert (await rpc(ann, "session.start"))["session_id"]
     async with hub.api() as api:
         assert (await api.get("/readyz")).status_code == 200
