@@ -79,6 +79,17 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 
 @pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """The URL of an empty PostgreSQL database, for what only PostgreSQL can do (refuse
+    connections on demand, say)."""
+    url = await create_postgres_database()
+    try:
+        yield url
+    finally:
+        await drop_postgres_database(url)
+
+
+@pytest.fixture
 async def database(database_url: str) -> AsyncIterator[Database]:
     """A started (migrated) `Database` on `database_url`."""
     db = Database(database_url)

@@ -5,12 +5,10 @@ Run on SQLite and PostgreSQL; several nodes share one database (each with its ow
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import centrifuge
 import orjson
-import pytest
 from sqlalchemy import update
 
 from models import coach_queries
@@ -26,7 +24,6 @@ from tests.coach_helpers import (
     until_terminal,
 )
 from tests.conftest import ConnectClient
-from tests.db_fixtures import create_postgres_database, drop_postgres_database
 from tests.harness import eventually
 from tests.llm_server import Behaviour, LLMServer
 
@@ -164,15 +161,6 @@ async def test_answers_left_streaming_by_a_crash_are_failed_and_free_the_user(
         assert asyncio.get_running_loop().time() < deadline, "never failed"
         await asyncio.sleep(0.1)
     assert (await rpc(bob, "coach.ask", {"text": "again"}))["reply_id"]
-
-
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    url = await create_postgres_database()
-    try:
-        yield url
-    finally:
-        await drop_postgres_database(url)
 
 
 async def test_an_answer_whose_final_write_fails_is_stored_and_announced_when_it_can_be(

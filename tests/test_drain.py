@@ -34,7 +34,6 @@ from websockets.frames import Frame, Opcode
 from hub import auth
 from hub.protocol.codes import DisconnectCode, ErrorCode
 from simulator import Fleet
-from tests.db_fixtures import create_postgres_database, drop_postgres_database
 from tests.harness import API_KEY, SECRET, Recorder, eventually, free_port
 from tests.raw import RawClient
 
@@ -125,15 +124,6 @@ async def start_hub_process(tmp_path: Path) -> AsyncIterator[StartHub]:
         if hub.process.poll() is None:
             hub.process.kill()
             hub.process.wait(10)
-
-
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    url = await create_postgres_database()
-    try:
-        yield url
-    finally:
-        await drop_postgres_database(url)
 
 
 async def connected_client(hub: HubProcess, user: str, role: str = "athlete",
