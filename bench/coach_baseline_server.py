@@ -38,7 +38,7 @@ from websockets.asyncio.server import Request, Response, ServerConnection, broad
 from channels.coach_model import model_client, read_answer
 from hub.config import Settings
 
-CREATE = "CREATE TABLE IF NOT EXISTS events (id BIGSERIAL PRIMARY KEY, data TEXT NOT NULL)"
+CREATE_PG = "CREATE TABLE IF NOT EXISTS events (id BIGSERIAL PRIMARY KEY, data TEXT NOT NULL)"
 Store = Callable[[bytes], Awaitable[None]]
 
 
@@ -114,7 +114,7 @@ async def open_store(database_url: str | None) -> tuple[Store, Callable[[], Awai
     """One insert committed per event; returns the store and its closer."""
     if database_url:
         connection = await asyncpg.connect(database_url)
-        await connection.execute(CREATE)
+        await connection.execute(CREATE_PG)
 
         async def store_pg(data: bytes) -> None:
             await connection.execute("INSERT INTO events (data) VALUES ($1)", data.decode())

@@ -225,8 +225,7 @@ def failure_of(exc: BaseException, *, started: bool, stall_timeout: float) -> Fa
         retry_after = _retry_after(exc.response.headers.get("retry-after"))
         hint = f"; retry in {retry_after:g} s" if retry_after is not None else ""
         return Failed(f"the model API is rate limited (429){hint}", retryable=True,
-                      kind="rate_limited",
-                      retry_after=retry_after)
+                      kind="rate_limited", retry_after=retry_after)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         if status >= 500:
